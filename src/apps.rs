@@ -1,0 +1,199 @@
+//! The apps a server serves, looked up by id (HTTP API) or key (WebSocket), and how many
+//! connections each holds. Config builds the directory at start; the store will add to it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bellhop_protocol::{AppId, AppKey, IdError, Secret};
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::AppConfig;
+
+/// Per-app limits; the defaults are Pusher's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppLimits {
+    pub max_connections: Option<u64>,
+    pub max_event_bytes: usize,
+    pub max_channels_per_trigger: usize,
+    pub max_batch_size: usize,
+    pub client_event_rate: u32,
+    pub max_presence_members: usize,
+    pub max_presence_user_info_bytes: usize,
+    pub max_presence_user_id_len: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub id: AppId,
+    pub key: AppKey,
+    /// The first secret signs; all verify, so a secret can be rotated without downtime.
+    pub secrets: Vec<Secret>,
+    pub enabled: bool,
+    pub client_events: bool,
+    pub limits: AppLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+}
+
+impl App {
+    pub fn from_config(c: &AppConfig) -> Result<Self, AppError> {
+        for (name, v) in [
+            ("max_event_bytes", c.max_event_bytes),
+            ("max_channels_per_trigger", c.max_channels_per_trigger),
+            ("max_batch_size", c.max_batch_size),
+            ("max_presence_members", c.max_presence_members),
+            (
+                "max_presence_user_info_bytes",
+                c.max_presence_user_info_bytes,
+            ),
+            ("max_presence_user_id_len", c.max_presence_user_id_len),
+        ] {
+            if v == 0 {
+                return Err(AppError::ZeroLimit(name));
+            }
+        }
+        Ok(Self {
+            id: AppId::parse(&c.id)?,
+            key: AppKey::parse(&c.key)?,
+            secrets: vec![Secret::parse(&c.secret)?],
+            enabled: c.enabled,
+            client_events: c.client_events,
+            limits: AppLimits {
+                max_connections: c.max_connections,
+                max_event_bytes: c.max_event_bytes,
+                max_channels_per_trigger: c.max_channels_per_trigger,
+                max_batch_size: c.max_batch_size,
+                client_event_rate: c.client_event_rate,
+                max_presence_members: c.max_presence_members,
+                max_presence_user_info_bytes: c.max_presence_user_info_bytes,
+                max_presence_user_id_len: c.max_presence_user_id_len,
+            },
+        })
+    }
+
+    /// The secret new signatures are made with.
+    pub fn signing_secret(&self) -> &Secret {
+        // unwrap: `from_config` always stores one secret and nothing removes the last one.
+        self.secrets.first().unwrap()
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    by_id: HashMap<AppId, Arc<App>>,
+    by_key: HashMap<AppKey, Arc<App>>,
+}
+
+/// Apps by id and key, plus live connection counts per app.
+#[derive(Default)]
+pub struct AppDirectory {
+    apps: RwLock<Arc<Snapshot>>,
+    connections: Arc<Mutex<HashMap<AppId, u64>>>,
+}
+
+impl AppDirectory {
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let dir = Self::default();
+        for app in apps {
+            dir.upsert(app);
+        }
+        dir
+    }
+
+    /// Adds or replaces an app (matched by id).
+    pub fn upsert(&self, app: App) {
+        let mut guard = self.apps.write();
+        let mut next = Snapshot {
+            by_id: guard.by_id.clone(),
+            by_key: guard.by_key.clone(),
+        };
+        if let Some(old) = next.by_id.get(&app.id).cloned() {
+            next.by_key.remove(&old.key);
+        }
+        let app = Arc::new(app);
+        next.by_key.insert(app.key.clone(), app.clone());
+        next.by_id.insert(app.id.clone(), app);
+        *guard = Arc::new(next);
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<App>> {
+        let id = AppId::parse(id).ok()?;
+        self.apps.read().by_id.get(&id).cloned()
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<Arc<App>> {
+        let key = AppKey::parse(key).ok()?;
+        self.apps.read().by_key.get(&key).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<App>> {
+        self.apps.read().by_id.values().cloned().collect()
+    }
+
+    /// Counts a new connection unless the app is at its limit. The count drops when the
+    /// returned guard does.
+    pub fn admit(&self, app: &App) -> Option<ConnectionSlot> {
+        let mut counts = self.connections.lock();
+        let n = counts.entry(app.id.clone()).or_insert(0);
+        if app.limits.max_connections.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            app: app.id.clone(),
+            counts: self.connections.clone(),
+        })
+    }
+
+    pub fn connection_count(&self, app: &AppId) -> u64 {
+        self.connections.lock().get(app).copied().unwrap_or(0)
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct ConnectionSlot {
+    app: AppId,
+    counts: Arc<Mutex<HashMap<AppId, u64>>>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.counts.lock().get_mut(&self.app) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_is_enforced_and_released() {
+        let mut c = AppConfig::new("1", "k", "s");
+        c.max_connections = Some(2);
+        let app = App::from_config(&c).unwrap();
+        let dir = AppDirectory::new([app.clone()]);
+        let a = dir.admit(&app).unwrap();
+        let _b = dir.admit(&app).unwrap();
+        assert!(dir.admit(&app).is_none());
+        drop(a);
+        assert!(dir.admit(&app).is_some());
+    }
+
+    #[test]
+    fn lookups_by_id_and_key() {
+        let app = App::from_config(&AppConfig::new("1", "k", "s")).unwrap();
+        let dir = AppDirectory::new([app]);
+        assert!(dir.by_id("1").is_some());
+        assert!(dir.by_key("k").is_some());
+        assert!(dir.by_key("nope").is_none());
+        assert!(dir.by_id("x").is_none());
+    }
+}

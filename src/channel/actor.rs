@@ -1,0 +1,181 @@
+//! One channel's actor: its subscribers, its presence members, and the fan-out of frames.
+//! Handlers change state and return; they never wait on IO. A frame is encoded once by
+//! whoever publishes it, and each subscriber's outbox gets a clone of the same bytes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use actix::{Actor, ActorContext, Context, Handler};
+use bellhop_protocol::server::{self, SubscriptionErrorKind};
+use bellhop_protocol::{SocketId, UserId};
+use bytestring::ByteString;
+
+use super::messages::{ListMembers, Member, Publish, Subscribe, Unsubscribe};
+use super::presence::{Change, Members};
+use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
+use crate::connection::Outbox;
+
+struct Subscriber {
+    outbox: Outbox,
+    user: Option<UserId>,
+}
+
+pub struct ChannelActor {
+    key: ChannelKey,
+    generation: u64,
+    subscribers: HashMap<SocketId, Subscriber>,
+    members: Members,
+    counters: Arc<ChannelCounters>,
+    registry: Weak<ChannelRegistry>,
+    subscribes_seen: u64,
+}
+
+impl ChannelActor {
+    pub(super) fn new(
+        key: ChannelKey,
+        generation: u64,
+        counters: Arc<ChannelCounters>,
+        registry: Weak<ChannelRegistry>,
+    ) -> Self {
+        Self {
+            key,
+            generation,
+            subscribers: HashMap::new(),
+            members: Members::default(),
+            counters,
+            registry,
+            subscribes_seen: 0,
+        }
+    }
+
+    fn broadcast(&self, frame: &ByteString, except: Option<SocketId>) {
+        for (id, sub) in &self.subscribers {
+            if Some(*id) != except {
+                // A full outbox closes its own connection (4100); the channel moves on.
+                let _ = sub.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    fn update_counters(&self) {
+        self.counters
+            .subscriptions
+            .store(self.subscribers.len() as u64, Ordering::Relaxed);
+        self.counters
+            .users
+            .store(self.members.len() as u64, Ordering::Relaxed);
+    }
+
+    fn subscribe(&mut self, msg: Subscribe) {
+        let channel = self.key.name.as_str();
+        if let Some(existing) = self.subscribers.get(&msg.socket_id) {
+            // A repeated subscribe from the same socket is answered again, changing nothing.
+            let _ = existing.outbox.push(self.succeeded_frame());
+            return;
+        }
+        let user = match msg.member {
+            Some(Member { user_id, user_info }) => {
+                if !self.members.contains(&user_id) && self.members.len() >= msg.max_members {
+                    let frame = server::subscription_error(
+                        channel,
+                        SubscriptionErrorKind::LimitReached,
+                        &format!(
+                            "presence channel is full: at most {} members",
+                            msg.max_members
+                        ),
+                        400,
+                    );
+                    let _ = msg.outbox.push(frame.into());
+                    return;
+                }
+                if self.members.join(user_id.clone(), user_info.clone()) == Change::First {
+                    let frame = server::member_added(channel, user_id.as_str(), &user_info);
+                    self.broadcast(&frame.into(), None);
+                }
+                Some(user_id)
+            }
+            None => None,
+        };
+        let _ = msg.outbox.push(self.succeeded_frame());
+        self.subscribers.insert(
+            msg.socket_id,
+            Subscriber {
+                outbox: msg.outbox,
+                user,
+            },
+        );
+        self.update_counters();
+    }
+
+    fn succeeded_frame(&self) -> ByteString {
+        let channel = self.key.name.as_str();
+        if self.key.name.is_presence() {
+            server::presence_subscription_succeeded(channel, self.members.iter()).into()
+        } else {
+            server::subscription_succeeded(channel).into()
+        }
+    }
+
+    fn unsubscribe(&mut self, socket_id: SocketId, ctx: &mut Context<Self>) {
+        let Some(sub) = self.subscribers.remove(&socket_id) else {
+            return;
+        };
+        if let Some(user) = sub.user {
+            if self.members.leave(&user) == Some(Change::First) {
+                let frame = server::member_removed(self.key.name.as_str(), user.as_str());
+                self.broadcast(&frame.into(), None);
+            }
+        }
+        self.update_counters();
+        if self.subscribers.is_empty() {
+            let retire = match self.registry.upgrade() {
+                Some(r) => r.try_retire(&self.key, self.generation, self.subscribes_seen),
+                None => true,
+            };
+            if retire {
+                ctx.stop();
+            }
+        }
+    }
+}
+
+// Senders use `do_send`, which never waits on the mailbox, so a busy channel cannot stall a
+// publisher or a connection.
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Subscribe> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.subscribes_seen += 1;
+        self.subscribe(msg);
+    }
+}
+
+impl Handler<Unsubscribe> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
+        self.unsubscribe(msg.socket_id, ctx);
+    }
+}
+
+impl Handler<Publish> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        if let Some(from) = msg.from {
+            if !self.subscribers.contains_key(&from) {
+                return;
+            }
+        }
+        self.broadcast(&msg.frame, msg.except);
+    }
+}
+
+impl Handler<ListMembers> for ChannelActor {
+    type Result = Vec<UserId>;
+    fn handle(&mut self, _: ListMembers, _: &mut Context<Self>) -> Vec<UserId> {
+        self.members.ids()
+    }
+}

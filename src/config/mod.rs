@@ -1,0 +1,458 @@
+//! Configuration: serde structs that refuse unknown keys, loaded in layers (TOML file, then
+//! `BELLHOP_*` variables through a [`Source`]), then validated into the typed [`crate::apps::App`]
+//! values the server runs with.
+
+mod source;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use source::{EnvSource, MapSource, Source};
+
+/// Every environment variable bellhop reads, with what it sets. `--help` prints this table.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("BELLHOP_CONFIG", "path of the TOML config file"),
+    ("BELLHOP_HOST", "address to listen on (default 127.0.0.1)"),
+    (
+        "BELLHOP_PORT",
+        "port to listen on (default 6001; 0 picks a free one)",
+    ),
+    (
+        "BELLHOP_ACTIVITY_TIMEOUT",
+        "seconds of silence before the server pings a client (default 120)",
+    ),
+    (
+        "BELLHOP_PONG_TIMEOUT",
+        "seconds to wait for a pong before closing with 4201 (default 30)",
+    ),
+    (
+        "BELLHOP_WORKERS",
+        "HTTP/WebSocket worker threads (default: one per core)",
+    ),
+    (
+        "BELLHOP_ALLOW_DEFAULT_SECRET",
+        "true to allow the default app secret on a non-loopback address",
+    ),
+    ("BELLHOP_APP_ID", "default app: numeric id (default 1)"),
+    ("BELLHOP_APP_KEY", "default app: key (default app-key)"),
+    (
+        "BELLHOP_APP_SECRET",
+        "default app: secret (default app-secret)",
+    ),
+    (
+        "BELLHOP_APP_CLIENT_EVENTS",
+        "default app: true to allow client events (default false)",
+    ),
+    (
+        "BELLHOP_APP_MAX_CONNECTIONS",
+        "default app: connection limit (default unlimited)",
+    ),
+    (
+        "BELLHOP_LOG",
+        "log filter, e.g. info or bellhop=debug (default info)",
+    ),
+    ("BELLHOP_LOG_FORMAT", "text or json (default text)"),
+];
+
+pub const DEFAULT_APP_ID: &str = "1";
+pub const DEFAULT_APP_KEY: &str = "app-key";
+pub const DEFAULT_APP_SECRET: &str = "app-secret";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Seconds of client silence before the server sends `pusher:ping`; also advertised to
+    /// clients in `connection_established`.
+    pub activity_timeout_secs: u64,
+    /// Seconds to wait for `pusher:pong` before closing with 4201.
+    pub pong_timeout_secs: u64,
+    /// Frames a connection may have queued before it is closed as too slow (4100).
+    pub outbox_capacity: usize,
+    /// Largest WebSocket frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// HTTP/WebSocket worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Threads that run channel actors; 0 means one per core.
+    pub channel_threads: usize,
+    /// Allow the published default secret on a non-loopback address.
+    pub allow_default_secret: bool,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            activity_timeout_secs: 120,
+            pong_timeout_secs: 30,
+            outbox_capacity: 1024,
+            max_frame_bytes: 64 * 1024,
+            workers: 0,
+            channel_threads: 0,
+            allow_default_secret: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub client_events: bool,
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    #[serde(default = "d_event_bytes")]
+    pub max_event_bytes: usize,
+    #[serde(default = "d_channels_per_trigger")]
+    pub max_channels_per_trigger: usize,
+    #[serde(default = "d_batch")]
+    pub max_batch_size: usize,
+    #[serde(default = "d_client_rate")]
+    pub client_event_rate: u32,
+    #[serde(default = "d_members")]
+    pub max_presence_members: usize,
+    #[serde(default = "d_user_info")]
+    pub max_presence_user_info_bytes: usize,
+    #[serde(default = "d_user_id")]
+    pub max_presence_user_id_len: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_event_bytes() -> usize {
+    10 * 1024
+}
+fn d_channels_per_trigger() -> usize {
+    100
+}
+fn d_batch() -> usize {
+    10
+}
+fn d_client_rate() -> u32 {
+    10
+}
+fn d_members() -> usize {
+    100
+}
+fn d_user_info() -> usize {
+    1024
+}
+fn d_user_id() -> usize {
+    128
+}
+
+impl AppConfig {
+    pub fn new(id: &str, key: &str, secret: &str) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            max_connections: None,
+            max_event_bytes: d_event_bytes(),
+            max_channels_per_trigger: d_channels_per_trigger(),
+            max_batch_size: d_batch(),
+            client_event_rate: d_client_rate(),
+            max_presence_members: d_members(),
+            max_presence_user_info_bytes: d_user_info(),
+            max_presence_user_id_len: d_user_id(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{name}={value:?}: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("app {id:?}: {reason}")]
+    App { id: String, reason: String },
+    #[error("{0}")]
+    Server(&'static str),
+}
+
+fn env_parse<T: std::str::FromStr>(
+    source: &dyn Source,
+    name: &'static str,
+    reason: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match source.var(name) {
+        None => Ok(None),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Env {
+                name,
+                value,
+                reason,
+            }),
+    }
+}
+
+impl Config {
+    /// Reads the file named by `file` (or `BELLHOP_CONFIG`), then applies `BELLHOP_*`
+    /// variables from `source`, then validates.
+    pub fn load(file: Option<&Path>, source: &dyn Source) -> Result<Self, ConfigError> {
+        let path = file
+            .map(Path::to_path_buf)
+            .or_else(|| source.var("BELLHOP_CONFIG").map(PathBuf::from));
+        let mut config = match path {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        config.apply_env(source)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn apply_env(&mut self, source: &dyn Source) -> Result<(), ConfigError> {
+        const BOOL: &str = "expected true or false";
+        const NUM: &str = "expected a non-negative whole number";
+        let s = &mut self.server;
+        if let Some(v) = source.var("BELLHOP_HOST") {
+            s.host = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_PORT", "expected a port number")? {
+            s.port = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_ACTIVITY_TIMEOUT", NUM)? {
+            s.activity_timeout_secs = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_PONG_TIMEOUT", NUM)? {
+            s.pong_timeout_secs = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_WORKERS", NUM)? {
+            s.workers = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_ALLOW_DEFAULT_SECRET", BOOL)? {
+            s.allow_default_secret = v;
+        }
+        if let Some(v) = source.var("BELLHOP_LOG_FORMAT") {
+            s.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "BELLHOP_LOG_FORMAT",
+                        value: v,
+                        reason: "expected text or json",
+                    })
+                }
+            };
+        }
+
+        let id = source.var("BELLHOP_APP_ID");
+        let key = source.var("BELLHOP_APP_KEY");
+        let secret = source.var("BELLHOP_APP_SECRET");
+        let client_events: Option<bool> = env_parse(source, "BELLHOP_APP_CLIENT_EVENTS", BOOL)?;
+        let max_conn: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_CONNECTIONS", NUM)?;
+        let env_names_app =
+            id.is_some() || key.is_some() || secret.is_some() || client_events.is_some();
+        if env_names_app || self.apps.is_empty() {
+            let id = id.unwrap_or_else(|| DEFAULT_APP_ID.into());
+            let existing = self.apps.iter().position(|a| a.id == id);
+            let mut app = match existing {
+                Some(i) => self.apps.remove(i),
+                None => AppConfig::new(&id, DEFAULT_APP_KEY, DEFAULT_APP_SECRET),
+            };
+            if let Some(k) = key {
+                app.key = k;
+            }
+            if let Some(s) = secret {
+                app.secret = s;
+            }
+            if let Some(c) = client_events {
+                app.client_events = c;
+            }
+            if max_conn.is_some() {
+                app.max_connections = max_conn;
+            }
+            self.apps.insert(0, app);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let host: IpAddr = s
+            .host
+            .parse()
+            .map_err(|_| ConfigError::Server("server.host must be an IP address"))?;
+        if s.activity_timeout_secs == 0 || s.pong_timeout_secs == 0 {
+            return Err(ConfigError::Server(
+                "activity and pong timeouts must be at least 1 second",
+            ));
+        }
+        if s.outbox_capacity == 0 || s.max_frame_bytes < 1024 {
+            return Err(ConfigError::Server(
+                "outbox_capacity must be positive and max_frame_bytes at least 1024",
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for app in &self.apps {
+            let err = |reason: String| ConfigError::App {
+                id: app.id.clone(),
+                reason,
+            };
+            crate::apps::App::from_config(app).map_err(|e| err(e.to_string()))?;
+            if !ids.insert(&app.id) {
+                return Err(err("duplicate app id".into()));
+            }
+            if !keys.insert(&app.key) {
+                return Err(err("app key is used by another app".into()));
+            }
+            if app.secret == DEFAULT_APP_SECRET && !host.is_loopback() && !s.allow_default_secret {
+                return Err(err(format!(
+                    "uses the published default secret on non-loopback address {host}; set a \
+                     secret (BELLHOP_APP_SECRET) or BELLHOP_ALLOW_DEFAULT_SECRET=true"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_config_serves_the_default_app_on_loopback() {
+        let c = Config::load(None, &MapSource::default()).unwrap();
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.port, 6001);
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(
+            (
+                c.apps[0].id.as_str(),
+                c.apps[0].key.as_str(),
+                c.apps[0].secret.as_str()
+            ),
+            (DEFAULT_APP_ID, DEFAULT_APP_KEY, DEFAULT_APP_SECRET)
+        );
+    }
+
+    #[test]
+    fn default_secret_on_public_address_is_refused() {
+        let src = MapSource::default().with("BELLHOP_HOST", "0.0.0.0");
+        let err = Config::load(None, &src).unwrap_err().to_string();
+        assert!(err.contains("default secret"), "{err}");
+        let src = src.with("BELLHOP_ALLOW_DEFAULT_SECRET", "true");
+        assert!(Config::load(None, &src).is_ok());
+        let src = MapSource::default()
+            .with("BELLHOP_HOST", "0.0.0.0")
+            .with("BELLHOP_APP_SECRET", "s3cret");
+        assert!(Config::load(None, &src).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[server]\nprot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nclient_event=true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_event"), "{err}");
+    }
+
+    #[test]
+    fn file_apps_and_env_app_combine() {
+        let mut c = Config::from_toml(
+            "[[apps]]\nid='7'\nkey='seven'\nsecret='s7'\nclient_events=true\nmax_connections=5\n",
+        )
+        .unwrap();
+        c.apply_env(
+            &MapSource::default()
+                .with("BELLHOP_APP_ID", "8")
+                .with("BELLHOP_APP_KEY", "eight")
+                .with("BELLHOP_APP_SECRET", "s8"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.apps.len(), 2);
+        assert_eq!(c.apps[1].max_connections, Some(5));
+        assert!(c.apps[1].client_events);
+        assert_eq!(c.apps[0].key, "eight");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = Config::load(None, &MapSource::default().with("BELLHOP_PORT", "http"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BELLHOP_PORT"), "{err}");
+        let err = Config::load(None, &MapSource::default().with("BELLHOP_APP_ID", "abc"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("digits"), "{err}");
+    }
+}

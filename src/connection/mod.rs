@@ -1,0 +1,380 @@
+//! One task per WebSocket: it reads client frames, answers them (through [`dispatch`] for the
+//! decisions), writes whatever channel actors queued in its [`Outbox`], keeps the connection
+//! alive with pings, and on the way out leaves every channel it joined.
+
+pub mod dispatch;
+mod outbox;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use bellhop_protocol::server::{self};
+use bellhop_protocol::signing;
+use bellhop_protocol::{ChannelName, ClientEvent, ErrorCode, SocketId, SubscribeRequest, UserId};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use tokio::time::{sleep_until, Instant};
+
+pub use outbox::{outbox, Next, Outbox, OutboxReceiver, Overflow};
+
+use crate::apps::{App, ConnectionSlot};
+use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
+use crate::channel::{ChannelActor, ChannelKey};
+use crate::state::ServerState;
+use dispatch::{authorize_subscription, check_client_event, RateLimit};
+
+struct Subscription {
+    addr: Addr<ChannelActor>,
+    user: Option<UserId>,
+}
+
+/// Why the loop ended.
+enum Exit {
+    /// The client closed or the socket failed: nothing more can be sent.
+    Gone,
+    /// Tell the client why, then close with this code.
+    Close(ErrorCode, String),
+    /// A WebSocket-level close (not a Pusher code), e.g. 1009 for an oversized frame.
+    CloseRaw(CloseCode, String),
+}
+
+pub struct Connection {
+    state: Arc<ServerState>,
+    app: Arc<App>,
+    socket_id: SocketId,
+    outbox: Outbox,
+    subscriptions: HashMap<ChannelName, Subscription>,
+    user: Option<UserId>,
+    rate: RateLimit,
+    _slot: ConnectionSlot,
+}
+
+impl Connection {
+    pub fn new(
+        state: Arc<ServerState>,
+        app: Arc<App>,
+        slot: ConnectionSlot,
+        outbox: Outbox,
+    ) -> Self {
+        Self {
+            state,
+            app,
+            socket_id: SocketId::new(rand::random::<u32>().into(), rand::random::<u32>().into()),
+            outbox,
+            subscriptions: HashMap::new(),
+            user: None,
+            rate: RateLimit::new(std::time::Instant::now()),
+            _slot: slot,
+        }
+    }
+
+    fn send(&self, frame: String) {
+        // Overflow marks the outbox closed; the run loop then closes the socket with 4100.
+        let _ = self.outbox.push(ByteString::from(frame));
+    }
+
+    fn error(&self, code: ErrorCode, message: &str) {
+        self.send(server::error_with_message(code, message));
+    }
+
+    fn key(&self, name: ChannelName) -> ChannelKey {
+        ChannelKey {
+            app: self.app.id.clone(),
+            name,
+        }
+    }
+
+    fn on_text(&mut self, text: &str) -> Option<Exit> {
+        let event = match ClientEvent::decode(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(socket_id = %self.socket_id, error = %e, "refused client frame");
+                self.error(ErrorCode::GenericError, &e.to_string());
+                return None;
+            }
+        };
+        match event {
+            ClientEvent::Ping => self.send(server::pong()),
+            ClientEvent::Pong => {}
+            ClientEvent::Subscribe(req) => self.subscribe(req),
+            ClientEvent::Unsubscribe { channel } => self.unsubscribe(&channel),
+            ClientEvent::Signin { auth, user_data } => return self.signin(&auth, &user_data),
+            ClientEvent::Client {
+                event,
+                channel,
+                data,
+            } => self.client_event(&event, &channel, &data),
+        }
+        None
+    }
+
+    fn subscribe(&mut self, req: SubscribeRequest) {
+        let authorized = match authorize_subscription(
+            &self.app,
+            self.socket_id,
+            &req,
+            self.user.as_ref(),
+        ) {
+            Ok(a) => a,
+            Err(refusal) => {
+                tracing::debug!(socket_id = %self.socket_id, channel = %req.channel, error = %refusal.error, "subscription refused");
+                let channel: String = req.channel.chars().take(200).collect();
+                self.send(server::subscription_error(
+                    &channel,
+                    refusal.kind,
+                    &refusal.error,
+                    refusal.status,
+                ));
+                return;
+            }
+        };
+        let user = authorized.member.as_ref().map(|m| m.user_id.clone());
+        let key = self.key(authorized.channel.clone());
+        let addr = self.state.channels.subscribe(
+            &key,
+            Subscribe {
+                socket_id: self.socket_id,
+                outbox: self.outbox.clone(),
+                member: authorized.member,
+                max_members: self.app.limits.max_presence_members,
+            },
+        );
+        self.subscriptions
+            .insert(authorized.channel, Subscription { addr, user });
+    }
+
+    fn unsubscribe(&mut self, channel: &str) {
+        let Ok(name) = ChannelName::parse(channel) else {
+            return;
+        };
+        if let Some(sub) = self.subscriptions.remove(&name) {
+            sub.addr.do_send(Unsubscribe {
+                socket_id: self.socket_id,
+            });
+        }
+    }
+
+    fn signin(&mut self, auth: &str, user_data: &str) -> Option<Exit> {
+        #[derive(serde::Deserialize)]
+        struct UserData {
+            id: String,
+        }
+        let verified = signing::verify_user(
+            &self.app.key,
+            &self.app.secrets,
+            self.socket_id,
+            user_data,
+            auth,
+        );
+        let parsed = serde_json::from_str::<UserData>(user_data)
+            .ok()
+            .and_then(|d| UserId::parse(&d.id, self.app.limits.max_presence_user_id_len).ok());
+        match (verified, parsed) {
+            (Ok(()), Some(user)) => {
+                if self.user.as_ref().is_some_and(|u| u != &user) {
+                    return Some(Exit::Close(
+                        ErrorCode::Unauthorized,
+                        "socket is already signed in as another user".into(),
+                    ));
+                }
+                self.user = Some(user);
+                self.send(server::signin_success(user_data));
+                None
+            }
+            (Err(e), _) => Some(Exit::Close(
+                ErrorCode::Unauthorized,
+                format!("sign-in refused: {e}"),
+            )),
+            (Ok(()), None) => Some(Exit::Close(
+                ErrorCode::Unauthorized,
+                "sign-in refused: user_data must be a JSON object with a string id".into(),
+            )),
+        }
+    }
+
+    fn client_event(&mut self, event: &str, channel: &str, data: &RawValue) {
+        let sub = ChannelName::parse(channel)
+            .ok()
+            .and_then(|n| self.subscriptions.get(&n));
+        if let Err(e) = check_client_event(&self.app, channel, data.get().len(), sub.is_some()) {
+            tracing::debug!(socket_id = %self.socket_id, channel, error = %e, "client event refused");
+            self.error(e.code(), &e.to_string());
+            return;
+        }
+        if !self
+            .rate
+            .allow(std::time::Instant::now(), self.app.limits.client_event_rate)
+        {
+            let e = dispatch::ClientEventError::RateLimited {
+                per_second: self.app.limits.client_event_rate,
+            };
+            self.error(e.code(), &e.to_string());
+            return;
+        }
+        // unwrap: check_client_event refused the event unless `sub` is Some.
+        let sub = sub.unwrap();
+        let frame =
+            server::client_event(event, channel, data, sub.user.as_ref().map(|u| u.as_str()));
+        sub.addr.do_send(Publish {
+            frame: frame.into(),
+            except: Some(self.socket_id),
+            from: Some(self.socket_id),
+        });
+    }
+
+    fn leave_all(&mut self) {
+        for (_, sub) in self.subscriptions.drain() {
+            sub.addr.do_send(Unsubscribe {
+                socket_id: self.socket_id,
+            });
+        }
+    }
+}
+
+/// Writes every buffered frame, giving up when the client has not taken them within
+/// `timeout` (its TCP window is closed): a stuck client must not hold the task forever.
+async fn flush(
+    session: &mut Session,
+    buf: &mut VecDeque<ByteString>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let write = async {
+        while let Some(frame) = buf.pop_front() {
+            session.text(frame).await.map_err(|_| ())?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or(Err(()))
+}
+
+/// Sends `pusher:error` with `code` and closes the socket with the same code.
+pub async fn close_with(mut session: Session, code: ErrorCode, message: &str) {
+    let _ = session
+        .text(server::error_with_message(code, message))
+        .await;
+    let _ = session
+        .close(Some(CloseReason {
+            code: CloseCode::Other(code.number()),
+            description: Some(message.to_owned()),
+        }))
+        .await;
+}
+
+/// The connection's life: handshake frame, then frames both ways until one side leaves.
+pub async fn run(
+    mut conn: Connection,
+    rx: OutboxReceiver,
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+) {
+    let cfg = conn.state.clone();
+    let cfg = &cfg.config;
+    let activity = Duration::from_secs(cfg.activity_timeout_secs);
+    let pong_wait = Duration::from_secs(cfg.pong_timeout_secs);
+    let write_timeout = pong_wait;
+    conn.send(server::connection_established(
+        conn.socket_id,
+        cfg.activity_timeout_secs,
+    ));
+    tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection opened");
+
+    let mut buf = VecDeque::new();
+    let mut deadline = Instant::now() + activity;
+    let mut awaiting_pong = false;
+    let exit = loop {
+        tokio::select! {
+            biased;
+            next = rx.recv(&mut buf) => {
+                let close = match next {
+                    Next::Frames => None,
+                    Next::Close(code) => Some(code),
+                };
+                if flush(&mut session, &mut buf, write_timeout).await.is_err() {
+                    break Exit::Gone;
+                }
+                if let Some(code) = close {
+                    break Exit::Close(code, code.message().to_owned());
+                }
+            }
+            msg = stream.next() => {
+                deadline = Instant::now() + activity;
+                awaiting_pong = false;
+                match msg {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        if let Some(exit) = conn.on_text(&text) {
+                            break exit;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            break Exit::Gone;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => {}
+                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                        conn.error(ErrorCode::GenericError, "binary frames are not supported; send JSON text");
+                    }
+                    Some(Ok(AggregatedMessage::Close(reason))) => {
+                        // Answer the client's close so its library sees a clean close.
+                        let code = reason.map_or(CloseCode::Normal, |r| r.code);
+                        break Exit::CloseRaw(code, String::new());
+                    }
+                    None => break Exit::Gone,
+                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                        let message = format!("frame exceeds the limit of {} bytes", cfg.max_frame_bytes);
+                        conn.error(ErrorCode::GenericError, &message);
+                        break Exit::CloseRaw(CloseCode::Size, message);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(socket_id = %conn.socket_id, error = %e, "websocket protocol error");
+                        break Exit::CloseRaw(CloseCode::Protocol, "websocket protocol error".into());
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                if awaiting_pong {
+                    break Exit::Close(ErrorCode::PongNotReceived, ErrorCode::PongNotReceived.message().into());
+                }
+                awaiting_pong = true;
+                conn.send(server::ping());
+                deadline = Instant::now() + pong_wait;
+            }
+        }
+    };
+
+    conn.leave_all();
+    tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection closed");
+    match exit {
+        Exit::Gone => {}
+        Exit::Close(code, message) => {
+            // What is still queued (e.g. the error explaining a refusal) goes out first.
+            let _ = flush_pending(&rx, &mut session, &mut buf, write_timeout).await;
+            close_with(session, code, &message).await;
+        }
+        Exit::CloseRaw(code, message) => {
+            let _ = flush_pending(&rx, &mut session, &mut buf, write_timeout).await;
+            let _ = session
+                .close(Some(CloseReason {
+                    code,
+                    description: Some(message),
+                }))
+                .await;
+        }
+    }
+}
+
+async fn flush_pending(
+    rx: &OutboxReceiver,
+    session: &mut Session,
+    buf: &mut VecDeque<ByteString>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    rx.take_ready(buf);
+    flush(session, buf, timeout).await
+}

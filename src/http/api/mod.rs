@@ -1,0 +1,31 @@
+//! The signed HTTP API, as the official Pusher server SDKs call it. Every handler starts
+//! with [`signed::verify`]; nothing reaches a channel before the signature holds.
+
+pub mod channels;
+pub mod events;
+pub mod signed;
+
+/// The attributes a request asked for with `info=a,b`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    pub user_count: bool,
+    pub subscription_count: bool,
+}
+
+impl Info {
+    pub fn parse(s: Option<&str>) -> Self {
+        let mut info = Self::default();
+        for attr in s.unwrap_or("").split(',').map(str::trim) {
+            match attr {
+                "user_count" => info.user_count = true,
+                "subscription_count" => info.subscription_count = true,
+                _ => {}
+            }
+        }
+        info
+    }
+
+    pub fn any(self) -> bool {
+        self.user_count || self.subscription_count
+    }
+}

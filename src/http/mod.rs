@@ -1,0 +1,38 @@
+//! The HTTP surface: every route in one list, the WebSocket upgrade, the signed API.
+
+pub mod api;
+pub mod error;
+mod health;
+mod ws;
+
+use actix_web::web;
+
+pub use error::ApiError;
+
+/// Every route bellhop serves.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/app/{key}", web::get().to(ws::upgrade))
+        .route(
+            "/apps/{app_id}/events",
+            web::post().to(api::events::trigger),
+        )
+        .route(
+            "/apps/{app_id}/batch_events",
+            web::post().to(api::events::trigger_batch),
+        )
+        .route(
+            "/apps/{app_id}/channels",
+            web::get().to(api::channels::list),
+        )
+        .route(
+            "/apps/{app_id}/channels/{channel}",
+            web::get().to(api::channels::show),
+        )
+        .route(
+            "/apps/{app_id}/channels/{channel}/users",
+            web::get().to(api::channels::users),
+        )
+        .route("/health", web::get().to(health::live))
+        .route("/ready", web::get().to(health::ready))
+        .default_service(web::to(error::not_found));
+}

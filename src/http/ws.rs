@@ -1,0 +1,110 @@
+//! The WebSocket upgrade at `/app/{key}`: admits the connection (app, protocol version,
+//! connection quota) and hands the socket to its own task. A refusal still completes the
+//! upgrade so the client gets a `pusher:error` and the matching close code, never a bare
+//! dropped TCP connection.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bellhop_protocol::limits::SUPPORTED_PROTOCOLS;
+use bellhop_protocol::ErrorCode;
+
+use crate::apps::{App, ConnectionSlot};
+use crate::connection::{self, outbox, Connection};
+use crate::state::ServerState;
+
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    key: web::Path<String>,
+    state: web::Data<ServerState>,
+) -> actix_web::Result<HttpResponse> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let max = state.config.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let state = state.into_inner();
+    match admit(&state, &key, req.query_string()) {
+        Ok((app, slot)) => {
+            let (tx, rx) = outbox(state.config.outbox_capacity);
+            let conn = Connection::new(state, app, slot, tx);
+            actix_web::rt::spawn(connection::run(conn, rx, session, stream));
+        }
+        Err(code) => {
+            tracing::debug!(key = %key.as_str(), code = code.number(), "connection refused");
+            actix_web::rt::spawn(async move {
+                connection::close_with(session, code, code.message()).await;
+                drop(stream);
+            });
+        }
+    }
+    Ok(response)
+}
+
+fn protocol_version(query: &str) -> Result<u32, ErrorCode> {
+    let value = web::Query::<Vec<(String, String)>>::from_query(query)
+        .ok()
+        .and_then(|q| {
+            q.into_inner()
+                .into_iter()
+                .find(|(k, _)| k == "protocol")
+                .map(|(_, v)| v)
+        })
+        .ok_or(ErrorCode::NoProtocolVersion)?;
+    let v: u32 = value.parse().map_err(|_| ErrorCode::InvalidVersionFormat)?;
+    if SUPPORTED_PROTOCOLS.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ErrorCode::UnsupportedProtocolVersion)
+    }
+}
+
+fn admit(
+    state: &ServerState,
+    key: &str,
+    query: &str,
+) -> Result<(Arc<App>, ConnectionSlot), ErrorCode> {
+    let app = state.apps.by_key(key).ok_or(ErrorCode::AppNotFound)?;
+    if !app.enabled {
+        return Err(ErrorCode::AppDisabled);
+    }
+    protocol_version(query)?;
+    let slot = state
+        .apps
+        .admit(&app)
+        .ok_or(ErrorCode::OverConnectionQuota)?;
+    Ok((app, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_versions() {
+        assert_eq!(
+            protocol_version("protocol=7&client=js&version=8.4.0"),
+            Ok(7)
+        );
+        assert_eq!(protocol_version("protocol=5"), Ok(5));
+        assert_eq!(
+            protocol_version("client=js"),
+            Err(ErrorCode::NoProtocolVersion)
+        );
+        assert_eq!(protocol_version(""), Err(ErrorCode::NoProtocolVersion));
+        assert_eq!(
+            protocol_version("protocol=abc"),
+            Err(ErrorCode::InvalidVersionFormat)
+        );
+        assert_eq!(
+            protocol_version("protocol=99"),
+            Err(ErrorCode::UnsupportedProtocolVersion)
+        );
+        assert_eq!(
+            protocol_version("protocol=4"),
+            Err(ErrorCode::UnsupportedProtocolVersion)
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! bellhop: a self-hosted, Pusher-compatible realtime server.
+//!
+//! Three flows run through it (see `docs/architecture.md`): a WebSocket frame
+//! (`http::ws` → `connection` → `channel`), an HTTP trigger (`http::api` → `channel`), and,
+//! later, a notification (`delivery`).
+
+pub mod app;
+pub mod apps;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod state;

@@ -1,0 +1,84 @@
+//! The `bellhop` command: parse the CLI, load config, set up logs, run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bellhop::config::{Config, EnvSource, LogFormat, ENV_VARS};
+use clap::{Parser, Subcommand};
+
+fn env_help() -> String {
+    let mut s = String::from("Environment variables (override the config file):\n");
+    for (name, what) in ENV_VARS {
+        s.push_str(&format!("  {name:<30} {what}\n"));
+    }
+    s.push_str("\nWith no config at all, bellhop serves one app (id 1, key app-key, secret app-secret)\non 127.0.0.1:6001 with no external service.");
+    s
+}
+
+#[derive(Parser)]
+#[command(
+    name = "bellhop",
+    version,
+    about = "Self-hosted Pusher-compatible realtime server",
+    long_about = "Self-hosted Pusher-compatible realtime server: pusher-js and the official Pusher \
+                  server SDKs connect to it unchanged (protocol 7 at /app/{key}, signed HTTP API at \
+                  /apps/{id}/...).",
+    after_help = env_help()
+)]
+struct Cli {
+    /// TOML config file (also BELLHOP_CONFIG). Unknown keys are an error.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+    /// Load and validate the configuration, print a summary, and exit.
+    CheckConfig,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BELLHOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config =
+        Config::load(cli.config.as_deref(), &EnvSource).context("invalid configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!(
+                "configuration is valid: listen {}:{}, {} app(s): {}",
+                config.server.host,
+                config.server.port,
+                config.apps.len(),
+                config
+                    .apps
+                    .iter()
+                    .map(|a| format!("{} (key {})", a.id, a.key))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Serve => {
+            init_logs(config.server.log_format);
+            actix_web::rt::System::new()
+                .block_on(bellhop::app::run(config))
+                .context("bellhop failed")
+        }
+    }
+}
