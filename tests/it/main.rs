@@ -1,1 +1,11 @@
+//! Integration tests: real bellhop processes on loopback ports, driven by a real WebSocket
+//! client and signed HTTP requests. One binary, one module per area.
 
+mod api;
+mod client;
+mod connection;
+mod harness;
+mod http_api;
+mod presence;
+mod sdk;
+mod subscriptions;

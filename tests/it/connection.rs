@@ -1,0 +1,161 @@
+//! Handshake, refusals with their codes, keep-alive, and frame-level errors.
+
+use serde_json::{json, Value};
+
+use crate::client::{data, Client, Received};
+use crate::harness::{run_cli, Setup, KEY};
+
+#[tokio::test]
+async fn handshake_gives_socket_id_and_activity_timeout() {
+    let server = Setup::new().start();
+    let mut ws = Client::connect_raw(&server.ws_url(KEY)).await;
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let ev: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ev["event"], "pusher:connection_established");
+    assert!(
+        ev["data"].is_string(),
+        "data is a JSON string as Pusher sends it"
+    );
+    let d = data(&ev);
+    let sid = d["socket_id"].as_str().unwrap();
+    let (a, b) = sid.split_once('.').unwrap();
+    assert!(a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()));
+    assert_eq!(d["activity_timeout"], 120);
+}
+
+#[tokio::test]
+async fn socket_ids_are_unique() {
+    let server = Setup::new().start();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let c = Client::connect(&server).await;
+        assert!(ids.insert(c.socket_id.clone()));
+    }
+}
+
+#[tokio::test]
+async fn refusals_send_error_then_close_code() {
+    let server = Setup::new()
+        .env("BELLHOP_APP_MAX_CONNECTIONS", "1")
+        .toml("[[apps]]\nid = '200'\nkey = 'disabled-key'\nsecret = 's'\nenabled = false\n")
+        .start();
+    let base = format!("ws://{}", server.addr);
+    let cases = [
+        (format!("{base}/app/nope?protocol=7"), 4001),
+        (format!("{base}/app/disabled-key?protocol=7"), 4003),
+        (format!("{base}/app/{KEY}"), 4008),
+        (format!("{base}/app/{KEY}?protocol=abc"), 4006),
+        (format!("{base}/app/{KEY}?protocol=99"), 4007),
+    ];
+    for (url, code) in cases {
+        let mut c = Client::connect_raw_client(&url).await;
+        c.expect_refusal(code).await;
+    }
+    // The limit is one connection: the second is refused, and the slot frees on close.
+    let first = Client::connect(&server).await;
+    let mut second = Client::connect_raw_client(&server.ws_url(KEY)).await;
+    second.expect_refusal(4004).await;
+    first.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = Client::connect_raw_client(&server.ws_url(KEY)).await;
+        match c.next_event().await["event"].as_str() {
+            Some("pusher:connection_established") => {
+                again = Some(c);
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert!(again.is_some(), "slot was not released after close");
+}
+
+#[tokio::test]
+async fn ping_pong_both_ways_and_4201_without_pong() {
+    let server = Setup::new()
+        .env("BELLHOP_ACTIVITY_TIMEOUT", "1")
+        .env("BELLHOP_PONG_TIMEOUT", "1")
+        .start();
+    let mut c = Client::connect(&server).await;
+    c.send(json!({"event": "pusher:ping", "data": {}})).await;
+    c.expect("pusher:pong").await;
+
+    // Silent client: the server pings after the activity timeout; a pong keeps it open.
+    c.expect("pusher:ping").await;
+    c.send(json!({"event": "pusher:pong", "data": {}})).await;
+    c.expect("pusher:ping").await;
+    // No pong this time: closed with 4201 after the pong timeout.
+    c.expect_refusal(4201).await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_frames_get_errors_not_disconnects() {
+    let server = Setup::new().start();
+    let mut c = Client::connect(&server).await;
+    c.send_text("not json".into()).await;
+    let ev = c.expect("pusher:error").await;
+    assert_eq!(ev["data"]["code"], 4300);
+    c.send(json!({"event": "pusher:bogus", "data": {}})).await;
+    let ev = c.expect("pusher:error").await;
+    assert!(ev["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pusher:bogus"));
+    c.send(json!({"event": "pusher:subscribe", "data": {"nochannel": 1}}))
+        .await;
+    c.expect("pusher:error").await;
+    c.send(json!({"data": {}})).await;
+    c.expect("pusher:error").await;
+    // Still alive.
+    c.send(json!({"event": "pusher:ping", "data": {}})).await;
+    c.expect("pusher:pong").await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_with_error_and_close() {
+    let server = Setup::new()
+        .toml("[server]\nmax_frame_bytes = 4096\n")
+        .start();
+    let mut c = Client::connect(&server).await;
+    c.send_text(format!(
+        r#"{{"event":"client-x","channel":"private-a","data":"{}"}}"#,
+        "x".repeat(5000)
+    ))
+    .await;
+    let ev = c.expect("pusher:error").await;
+    assert!(ev["data"]["message"].as_str().unwrap().contains("4096"));
+    match c.next_within(crate::client::WAIT).await {
+        Some(Received::Closed(code)) => assert_eq!(code, Some(1009)),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_errors_name_the_problem_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
+    let (ok, out) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(out.contains("prot"), "{out}");
+
+    let (ok, out) = run_cli(&["check-config"], &[("BELLHOP_HOST", "0.0.0.0")]);
+    assert!(!ok);
+    assert!(out.contains("default secret"), "{out}");
+
+    let (ok, out) = run_cli(&["check-config"], &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("app-key"), "{out}");
+
+    let (ok, out) = run_cli(&["--help"], &[]);
+    assert!(ok);
+    for var in [
+        "BELLHOP_PORT",
+        "BELLHOP_APP_SECRET",
+        "BELLHOP_APP_CLIENT_EVENTS",
+        "BELLHOP_CONFIG",
+    ] {
+        assert!(out.contains(var), "--help lacks {var}");
+    }
+}

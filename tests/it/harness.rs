@@ -1,0 +1,131 @@
+//! Starts a bellhop process on a free port and stops it when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const APP_ID: &str = "100";
+pub const KEY: &str = "test-key";
+pub const SECRET: &str = "test-secret";
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// What to start: environment variables and an optional TOML config file.
+#[derive(Default, Clone)]
+pub struct Setup {
+    pub env: Vec<(String, String)>,
+    pub toml: Option<String>,
+}
+
+impl Setup {
+    /// The default app (id 100, client events on), as most tests want it.
+    pub fn new() -> Self {
+        Self::default()
+            .env("BELLHOP_APP_ID", APP_ID)
+            .env("BELLHOP_APP_KEY", KEY)
+            .env("BELLHOP_APP_SECRET", SECRET)
+            .env("BELLHOP_APP_CLIENT_EVENTS", "true")
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn toml(mut self, t: &str) -> Self {
+        self.toml = Some(t.into());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        Server::start(self)
+    }
+}
+
+impl Server {
+    pub fn start(setup: Setup) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bellhop"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BELLHOP_HOST", "127.0.0.1")
+            .env("BELLHOP_PORT", "0")
+            .env("BELLHOP_WORKERS", "1")
+            .env("BELLHOP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(toml) = &setup.toml {
+            let path = dir.path().join("bellhop.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.env("BELLHOP_CONFIG", &path);
+        }
+        for (k, v) in &setup.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("bellhop binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("listening http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("bellhop did not report its address within 20 s");
+            }
+        };
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn ws_url(&self, key: &str) -> String {
+        format!(
+            "ws://{}/app/{key}?protocol=7&client=it&version=1",
+            self.addr
+        )
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bellhop` with `args` and the given environment and returns (exit success, stdout+stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bellhop"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
