@@ -60,20 +60,11 @@ pub const DEFAULT_APP_ID: &str = "1";
 pub const DEFAULT_APP_KEY: &str = "app-key";
 pub const DEFAULT_APP_SECRET: &str = "app-secret";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub apps: Vec<AppConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            apps: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

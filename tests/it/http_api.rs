@@ -64,7 +64,7 @@ async fn batch_events_and_batch_limit() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"batch": [{}, {"subscription_count": 1}]}));
     // Order holds within a channel; these are two channels, so either may come first.
-    let mut got = vec![c.next_event().await, c.next_event().await];
+    let mut got = [c.next_event().await, c.next_event().await];
     got.sort_by_key(|e| e["event"].to_string());
     assert_eq!(
         (&got[0]["event"], &got[0]["data"]),

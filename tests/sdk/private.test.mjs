@@ -44,6 +44,9 @@ test('private channel with a bad signature yields pusher:subscription_error 401 
   const wrongSecretSdk = makeServerSdk(server, { secret: 'not-the-secret' });
   const client = makeClient(server, {
     channelAuth: ({ socketId, channelName }, realSdk) => {
+      if (channelName.includes('-after-refusal-')) {
+        return realSdk.authorizeChannel(socketId, channelName);
+      }
       if (channelName.includes('-garbage-')) {
         return { auth: `${server.key}:${'0'.repeat(64)}` };
       }
