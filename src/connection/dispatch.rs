@@ -222,31 +222,34 @@ pub fn check_client_event(
     Ok(())
 }
 
-/// At most `per_second` events in any one-second window starting at the first event.
+/// A token bucket: bursts of up to `per_second` events, refilled at `per_second` a second.
+/// Unlike a fixed window it never refuses a client that sends at exactly its allowed rate
+/// with a little jitter.
 #[derive(Debug)]
 pub struct RateLimit {
-    window_start: Instant,
-    count: u32,
+    tokens: f64,
+    last: Instant,
 }
 
 impl RateLimit {
     pub fn new(now: Instant) -> Self {
         Self {
-            window_start: now,
-            count: 0,
+            tokens: f64::INFINITY,
+            last: now,
         }
     }
 
     pub fn allow(&mut self, now: Instant, per_second: u32) -> bool {
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.count = 0;
+        let cap = f64::from(per_second);
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * cap).min(cap);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
-        if self.count >= per_second {
-            return false;
-        }
-        self.count += 1;
-        true
     }
 }
 
@@ -440,13 +443,27 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_windows() {
+    fn rate_limit_allows_a_burst_then_the_rate() {
         let t0 = Instant::now();
         let mut r = RateLimit::new(t0);
         for _ in 0..10 {
             assert!(r.allow(t0, 10));
         }
-        assert!(!r.allow(t0 + Duration::from_millis(999), 10));
-        assert!(r.allow(t0 + Duration::from_secs(1), 10));
+        assert!(!r.allow(t0, 10));
+        assert!(!r.allow(t0 + Duration::from_millis(50), 10));
+        assert!(r.allow(t0 + Duration::from_millis(150), 10));
+        assert!(!r.allow(t0 + Duration::from_millis(160), 10));
+    }
+
+    #[test]
+    fn rate_limit_tolerates_jitter_at_the_allowed_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(t0);
+        for i in 0..100u64 {
+            // 10 a second on average, each up to 40 ms late or early.
+            let jitter = if i % 2 == 0 { 40 } else { 0 };
+            let t = t0 + Duration::from_millis(i * 100 + jitter);
+            assert!(r.allow(t, 10), "event {i} refused");
+        }
     }
 }

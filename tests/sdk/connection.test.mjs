@@ -1,9 +1,19 @@
-// Connection-level behaviour: an unknown app key is refused with 4001 and pusher-js stops.
+// Connection-level behaviour: the handshake, keep-alive pings, the connection quota, and an
+// unknown app key being refused with 4001 so that pusher-js stops.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Recorder, makeClient, sleep, startBellhop, waitForState } from './helpers.mjs';
+import {
+  Recorder,
+  connected,
+  makeClient,
+  sleep,
+  startBellhop,
+  subscribe,
+  unique,
+  waitForState,
+} from './helpers.mjs';
 
 let server;
 
@@ -15,10 +25,71 @@ after(async () => {
   await server?.stop();
 });
 
-test('connection gets a socket id and the activity timeout from the handshake', async () => {
-  const client = makeClient(server);
-  await waitForState(client, 'connected');
-  assert.match(client.connection.socket_id, /^\d+\.\d+$/);
+test('handshake gives a socket id and the activity timeout; pings keep it alive', async () => {
+  // A server of its own with a 1 s activity timeout: pusher-js takes the handshake's
+  // activity_timeout (it uses min(120 s, server value)) and pings after 1 s of silence,
+  // while the server pings a silent client. Neither side may drop the connection.
+  const quick = await startBellhop({ env: { BELLHOP_ACTIVITY_TIMEOUT: '1' } });
+  try {
+    const client = makeClient(quick);
+    const socketId = await connected(client);
+    assert.match(socketId, /^\d+\.\d+$/);
+    assert.equal(client.connection.activityTimeout, 1000);
+    const states = new Recorder(client.connection, 'state_change');
+    const frames = new Recorder(client.connection, 'message');
+    await sleep(3500);
+    assert.deepEqual(
+      states.events.map((e) => e.data),
+      [],
+      'connection state changed while idle with pings',
+    );
+    assert.equal(client.connection.socket_id, socketId, 'reconnected while idle');
+    const seen = new Set(frames.events.map((e) => e.data.event));
+    assert.ok(
+      seen.has('pusher:pong') || seen.has('pusher:ping'),
+      `no ping/pong in 3.5 s with a 1 s activity timeout: ${[...seen]}`,
+    );
+    // And the connection still works.
+    await subscribe(client, unique('alive-'));
+  } finally {
+    await quick.stop();
+  }
+});
+
+test('over the connection quota: 4004, and a slot frees when a client leaves', async () => {
+  const small = await startBellhop({ env: { BELLHOP_APP_MAX_CONNECTIONS: '1' } });
+  try {
+    const first = makeClient(small);
+    await connected(first);
+    const second = makeClient(small);
+    const errors = new Recorder(second.connection, 'error', 'error on the second client');
+    const { data: err } = await errors.next();
+    // Pusher protocol: 4004 "Application is over connection quota" (4000-4099: the client
+    // must not reconnect by itself).
+    assert.equal(err.error?.data?.code, 4004, JSON.stringify(err));
+    await waitForState(second, 'disconnected');
+
+    // Once the first client leaves, its slot is free again.
+    first.disconnect();
+    await waitForState(first, 'disconnected');
+    // The server frees the slot when it has seen the close, which may take a moment: try
+    // again (as an application would) until the second client gets in.
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      second.connect();
+      const got = await Promise.race([
+        connected(second, 2000).then(() => 'connected'),
+        errors.count(errors.events.length + 1, 2000).then(() => 'refused'),
+      ]).catch((e) => e.message);
+      if (got === 'connected') break;
+      assert.ok(Date.now() < deadline, `second client never got in after a slot freed: ${got}`);
+      await waitForState(second, 'disconnected');
+      await sleep(100);
+    }
+    assert.equal(second.connection.state, 'connected');
+  } finally {
+    await small.stop();
+  }
 });
 
 test('unknown app key: error 4001 and no reconnect loop', async () => {

@@ -15,11 +15,15 @@ export { sleep };
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** The bellhop binary: $BELLHOP_BIN, else ../../target/debug/bellhop from this folder. */
-export const BELLHOP_BIN = path.resolve(
-  HERE,
-  process.env.BELLHOP_BIN || '../../target/debug/bellhop',
-);
+/**
+ * The bellhop binary: $BELLHOP_BIN, else $CARGO_TARGET_DIR/debug/bellhop when that is set
+ * (CI builds outside the tree), else ../../target/debug/bellhop from this folder.
+ */
+export const BELLHOP_BIN = process.env.BELLHOP_BIN
+  ? path.resolve(HERE, process.env.BELLHOP_BIN)
+  : process.env.CARGO_TARGET_DIR
+    ? path.resolve(HERE, '../..', process.env.CARGO_TARGET_DIR, 'debug/bellhop')
+    : path.resolve(HERE, '../../target/debug/bellhop');
 
 /** Default time a single wait may take before the test fails. */
 export const WAIT_MS = 5000;
@@ -143,7 +147,7 @@ export async function startBellhop({ env = {}, startTimeoutMs = 15000 } = {}) {
 
 async function waitForBinary() {
   // A concurrent `cargo build` may briefly remove the binary while relinking.
-  const deadline = Date.now() + 60000;
+  const deadline = Date.now() + 30000;
   while (!existsSync(BELLHOP_BIN)) {
     if (Date.now() > deadline) {
       throw new Error(`bellhop binary not found at ${BELLHOP_BIN} (set BELLHOP_BIN)`);
