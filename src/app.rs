@@ -64,6 +64,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let data = state.clone();
     let server =
         HttpServer::new(move || WebApp::new().app_data(data.clone()).configure(http::routes))
+            .on_connect(|conn, _| {
+                // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
             .workers(threads(config.server.workers))
             .backlog(4096)
             .max_connections(200_000)

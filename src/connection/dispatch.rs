@@ -2,7 +2,7 @@
 //! channel, and may it send this client event. The run loop carries the decisions out.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bellhop_protocol::server::SubscriptionErrorKind;
 use bellhop_protocol::signing::{self, AuthError};
@@ -257,6 +257,7 @@ impl RateLimit {
 mod tests {
     use super::*;
     use crate::config::AppConfig;
+    use std::time::Duration;
 
     fn app() -> App {
         let mut c = AppConfig::new("1", "key", "secret");

@@ -1,16 +1,19 @@
-//! One task per WebSocket: it reads client frames, answers them (through [`dispatch`] for the
-//! decisions), writes whatever channel actors queued in its [`Outbox`], keeps the connection
-//! alive with pings, and on the way out leaves every channel it joined.
+//! One task per WebSocket reads client frames, answers them (through [`dispatch`] for the
+//! decisions), keeps the connection alive with pings, and on the way out leaves every channel
+//! it joined. Everything sent to the client — its own answers and channel events alike —
+//! goes through the connection's bounded [`Outbox`] and leaves through the [`Writer`], the
+//! response body of the upgrade.
 
 pub mod dispatch;
 mod outbox;
+mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode};
 use bellhop_protocol::server::{self};
 use bellhop_protocol::signing;
 use bellhop_protocol::{ChannelName, ClientEvent, ErrorCode, SocketId, SubscribeRequest, UserId};
@@ -19,7 +22,8 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::time::{sleep_until, Instant};
 
-pub use outbox::{outbox, Next, Outbox, OutboxReceiver, Overflow};
+pub use outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
+pub use writer::Writer;
 
 use crate::apps::{App, ConnectionSlot};
 use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
@@ -30,16 +34,6 @@ use dispatch::{authorize_subscription, check_client_event, RateLimit};
 struct Subscription {
     addr: Addr<ChannelActor>,
     user: Option<UserId>,
-}
-
-/// Why the loop ended.
-enum Exit {
-    /// The client closed or the socket failed: nothing more can be sent.
-    Gone,
-    /// Tell the client why, then close with this code.
-    Close(ErrorCode, String),
-    /// A WebSocket-level close (not a Pusher code), e.g. 1009 for an oversized frame.
-    CloseRaw(CloseCode, String),
 }
 
 pub struct Connection {
@@ -88,7 +82,7 @@ impl Connection {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Option<Exit> {
+    fn on_text(&mut self, text: &str) -> Option<CloseRequest> {
         let event = match ClientEvent::decode(text) {
             Ok(e) => e,
             Err(e) => {
@@ -158,7 +152,7 @@ impl Connection {
         }
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str) -> Option<Exit> {
+    fn signin(&mut self, auth: &str, user_data: &str) -> Option<CloseRequest> {
         #[derive(serde::Deserialize)]
         struct UserData {
             id: String,
@@ -176,7 +170,7 @@ impl Connection {
         match (verified, parsed) {
             (Ok(()), Some(user)) => {
                 if self.user.as_ref().is_some_and(|u| u != &user) {
-                    return Some(Exit::Close(
+                    return Some(CloseRequest::Pusher(
                         ErrorCode::Unauthorized,
                         "socket is already signed in as another user".into(),
                     ));
@@ -185,11 +179,11 @@ impl Connection {
                 self.send(server::signin_success(user_data));
                 None
             }
-            (Err(e), _) => Some(Exit::Close(
+            (Err(e), _) => Some(CloseRequest::Pusher(
                 ErrorCode::Unauthorized,
                 format!("sign-in refused: {e}"),
             )),
-            (Ok(()), None) => Some(Exit::Close(
+            (Ok(()), None) => Some(CloseRequest::Pusher(
                 ErrorCode::Unauthorized,
                 "sign-in refused: user_data must be a JSON object with a string id".into(),
             )),
@@ -235,86 +229,34 @@ impl Connection {
     }
 }
 
-/// Writes every buffered frame, giving up when the client has not taken them within
-/// `timeout` (its TCP window is closed): a stuck client must not hold the task forever.
-async fn flush(
-    session: &mut Session,
-    buf: &mut VecDeque<ByteString>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    let write = async {
-        while let Some(frame) = buf.pop_front() {
-            session.text(frame).await.map_err(|_| ())?;
-        }
-        Ok(())
-    };
-    tokio::time::timeout(timeout, write)
-        .await
-        .unwrap_or(Err(()))
-}
-
-/// Sends `pusher:error` with `code` and closes the socket with the same code.
-pub async fn close_with(mut session: Session, code: ErrorCode, message: &str) {
-    let _ = session
-        .text(server::error_with_message(code, message))
-        .await;
-    let _ = session
-        .close(Some(CloseReason {
-            code: CloseCode::Other(code.number()),
-            description: Some(message.to_owned()),
-        }))
-        .await;
-}
-
-/// The connection's life: handshake frame, then frames both ways until one side leaves.
-pub async fn run(
-    mut conn: Connection,
-    rx: OutboxReceiver,
-    mut session: Session,
-    mut stream: AggregatedMessageStream,
-) {
+/// The connection's life: handshake frame, then client frames until the client leaves or
+/// the connection is closed from either side.
+pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
     let cfg = conn.state.clone();
     let cfg = &cfg.config;
     let activity = Duration::from_secs(cfg.activity_timeout_secs);
     let pong_wait = Duration::from_secs(cfg.pong_timeout_secs);
-    let write_timeout = pong_wait;
     conn.send(server::connection_established(
         conn.socket_id,
         cfg.activity_timeout_secs,
     ));
     tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection opened");
 
-    let mut buf = VecDeque::new();
     let mut deadline = Instant::now() + activity;
     let mut awaiting_pong = false;
-    let exit = loop {
+    let close = loop {
         tokio::select! {
-            biased;
-            next = rx.recv(&mut buf) => {
-                let close = match next {
-                    Next::Frames => None,
-                    Next::Close(code) => Some(code),
-                };
-                if flush(&mut session, &mut buf, write_timeout).await.is_err() {
-                    break Exit::Gone;
-                }
-                if let Some(code) = close {
-                    break Exit::Close(code, code.message().to_owned());
-                }
-            }
             msg = stream.next() => {
                 deadline = Instant::now() + activity;
                 awaiting_pong = false;
                 match msg {
                     Some(Ok(AggregatedMessage::Text(text))) => {
-                        if let Some(exit) = conn.on_text(&text) {
-                            break exit;
+                        if let Some(close) = conn.on_text(&text) {
+                            break Some(close);
                         }
                     }
                     Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            break Exit::Gone;
-                        }
+                        let _ = conn.outbox.push_frame(Frame::Pong(bytes));
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
                     Some(Ok(AggregatedMessage::Binary(_))) => {
@@ -323,23 +265,24 @@ pub async fn run(
                     Some(Ok(AggregatedMessage::Close(reason))) => {
                         // Answer the client's close so its library sees a clean close.
                         let code = reason.map_or(CloseCode::Normal, |r| r.code);
-                        break Exit::CloseRaw(code, String::new());
+                        break Some(CloseRequest::WebSocket(code.into(), String::new()));
                     }
-                    None => break Exit::Gone,
+                    None => break None,
                     Some(Err(actix_ws::ProtocolError::Overflow)) => {
                         let message = format!("frame exceeds the limit of {} bytes", cfg.max_frame_bytes);
                         conn.error(ErrorCode::GenericError, &message);
-                        break Exit::CloseRaw(CloseCode::Size, message);
+                        break Some(CloseRequest::WebSocket(CloseCode::Size.into(), message));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(socket_id = %conn.socket_id, error = %e, "websocket protocol error");
-                        break Exit::CloseRaw(CloseCode::Protocol, "websocket protocol error".into());
+                        break Some(CloseRequest::WebSocket(CloseCode::Protocol.into(), "websocket protocol error".into()));
                     }
                 }
             }
             _ = sleep_until(deadline) => {
                 if awaiting_pong {
-                    break Exit::Close(ErrorCode::PongNotReceived, ErrorCode::PongNotReceived.message().into());
+                    let code = ErrorCode::PongNotReceived;
+                    break Some(CloseRequest::Pusher(code, code.message().into()));
                 }
                 awaiting_pong = true;
                 conn.send(server::ping());
@@ -347,34 +290,9 @@ pub async fn run(
             }
         }
     };
-
     conn.leave_all();
-    tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection closed");
-    match exit {
-        Exit::Gone => {}
-        Exit::Close(code, message) => {
-            // What is still queued (e.g. the error explaining a refusal) goes out first.
-            let _ = flush_pending(&rx, &mut session, &mut buf, write_timeout).await;
-            close_with(session, code, &message).await;
-        }
-        Exit::CloseRaw(code, message) => {
-            let _ = flush_pending(&rx, &mut session, &mut buf, write_timeout).await;
-            let _ = session
-                .close(Some(CloseReason {
-                    code,
-                    description: Some(message),
-                }))
-                .await;
-        }
+    if let Some(close) = close {
+        conn.outbox.close(close);
     }
-}
-
-async fn flush_pending(
-    rx: &OutboxReceiver,
-    session: &mut Session,
-    buf: &mut VecDeque<ByteString>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    rx.take_ready(buf);
-    flush(session, buf, timeout).await
+    tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection closed");
 }

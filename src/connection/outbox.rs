@@ -1,35 +1,54 @@
-//! A connection's bounded outgoing queue. Channel actors push shared frames into it without
-//! waiting; when it is full the connection is marked to close with 4100 (reconnect after a
-//! back-off) instead of slowing the channel down. The connection's writer drains it in
-//! batches, so frames queued together go out in one write.
+//! A connection's bounded outgoing queue. Channel actors and the connection's own reader push
+//! frames into it without waiting; the socket's [`super::writer::Writer`] drains it in
+//! batches, so frames queued together leave in one write. When the queue is full the
+//! connection is marked to close with 4100 (reconnect after a back-off) instead of slowing
+//! the channel down.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
+use actix_web::web::Bytes;
 use bellhop_protocol::ErrorCode;
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+
+/// One outgoing WebSocket frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Text(ByteString),
+    /// The answer to a WebSocket-level ping.
+    Pong(Bytes),
+}
+
+/// How the connection is to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// `pusher:error` with this code and message, then a close frame with the same code.
+    Pusher(ErrorCode, String),
+    /// A close frame with a WebSocket code (e.g. 1009), no Pusher error frame.
+    WebSocket(u16, String),
+}
 
 /// The sending half; cheap to clone, one per subscription.
 #[derive(Clone)]
 pub struct Outbox(Arc<Shared>);
 
-/// The receiving half, owned by the connection's task.
+/// The receiving half, owned by the socket's writer.
 pub struct OutboxReceiver(Arc<Shared>);
 
 struct Shared {
     state: Mutex<State>,
-    notify: Notify,
     capacity: usize,
 }
 
 struct State {
-    frames: VecDeque<ByteString>,
-    close: Option<ErrorCode>,
+    frames: VecDeque<Frame>,
+    close: Option<CloseRequest>,
+    waker: Option<Waker>,
 }
 
-/// The queue was full: the frame was dropped and the connection will be closed.
+/// The queue was full or closing: the frame was dropped.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overflow;
 
@@ -38,8 +57,8 @@ pub struct Overflow;
 pub enum Next {
     /// Frames were moved into the caller's buffer.
     Frames,
-    /// Close the connection with this code after flushing what is already in the buffer.
-    Close(ErrorCode),
+    /// Send the frames in the buffer (if any), then close like this.
+    Close(CloseRequest),
 }
 
 pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
@@ -47,83 +66,102 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
         state: Mutex::new(State {
             frames: VecDeque::new(),
             close: None,
+            waker: None,
         }),
-        notify: Notify::new(),
         capacity,
     });
     (Outbox(shared.clone()), OutboxReceiver(shared))
 }
 
 impl Outbox {
-    /// Queues a frame. Never waits.
+    /// Queues a text frame. Never waits.
     pub fn push(&self, frame: ByteString) -> Result<(), Overflow> {
+        self.push_frame(Frame::Text(frame))
+    }
+
+    pub fn push_frame(&self, frame: Frame) -> Result<(), Overflow> {
         let mut st = self.0.state.lock();
         if st.close.is_some() {
             return Err(Overflow);
         }
         if st.frames.len() >= self.0.capacity {
-            st.close = Some(ErrorCode::OverCapacity);
+            st.close = Some(CloseRequest::Pusher(
+                ErrorCode::OverCapacity,
+                "too slow to keep up: reconnect after a back-off".into(),
+            ));
+            let waker = st.waker.take();
             drop(st);
-            self.0.notify.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
             return Err(Overflow);
         }
-        let was_empty = st.frames.is_empty();
         st.frames.push_back(frame);
+        // Only the first frame of a batch needs to wake the writer: it takes them all.
+        let waker = st.waker.take();
         drop(st);
-        // One wake-up per batch: the writer takes everything queued when it wakes.
-        if was_empty {
-            self.0.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         Ok(())
     }
 
-    /// Asks the connection to close with `code` (the first request wins).
-    pub fn close(&self, code: ErrorCode) {
+    /// Asks the connection to close (the first request wins). Frames already queued go first.
+    pub fn close(&self, request: CloseRequest) {
         let mut st = self.0.state.lock();
         if st.close.is_none() {
-            st.close = Some(code);
+            st.close = Some(request);
         }
+        let waker = st.waker.take();
         drop(st);
-        self.0.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
-    /// Whether two handles feed the same connection.
-    pub fn same_as(&self, other: &Outbox) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+    /// Whether the connection has been asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.0.state.lock().close.is_some()
     }
 }
 
 impl OutboxReceiver {
-    /// Moves whatever is queued into `buf` without waiting.
-    pub fn take_ready(&self, buf: &mut VecDeque<ByteString>) {
-        buf.extend(self.0.state.lock().frames.drain(..));
+    /// Moves queued frames into `buf`, or registers the task to be woken by the next push.
+    pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut VecDeque<Frame>) -> Poll<Next> {
+        let mut st = self.0.state.lock();
+        if !st.frames.is_empty() {
+            if buf.is_empty() {
+                std::mem::swap(buf, &mut st.frames);
+            } else {
+                buf.extend(st.frames.drain(..));
+            }
+            return Poll::Ready(Next::Frames);
+        }
+        if let Some(req) = st.close.take() {
+            // Leave a marker so later pushes are refused.
+            st.close = Some(req.clone());
+            return Poll::Ready(Next::Close(req));
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
-    /// Waits until there are frames or a close request; moves queued frames into `buf`.
-    pub async fn recv(&self, buf: &mut VecDeque<ByteString>) -> Next {
-        loop {
-            {
-                let mut st = self.0.state.lock();
-                if !st.frames.is_empty() {
-                    if buf.is_empty() {
-                        std::mem::swap(buf, &mut st.frames);
-                    } else {
-                        buf.extend(st.frames.drain(..));
-                    }
-                    return Next::Frames;
-                }
-                if let Some(code) = st.close {
-                    return Next::Close(code);
-                }
-            }
-            self.0.notify.notified().await;
-        }
+    /// Waits for frames or a close request.
+    pub async fn recv(&self, buf: &mut VecDeque<Frame>) -> Next {
+        std::future::poll_fn(|cx| self.poll_recv(cx, buf)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(s: &'static str) -> Frame {
+        Frame::Text(ByteString::from_static(s))
+    }
 
     #[tokio::test]
     async fn frames_arrive_in_order_in_one_batch() {
@@ -132,7 +170,7 @@ mod tests {
         tx.push("b".into()).unwrap();
         let mut buf = VecDeque::new();
         assert_eq!(rx.recv(&mut buf).await, Next::Frames);
-        assert_eq!(buf, ["a", "b"]);
+        assert_eq!(buf, [text("a"), text("b")]);
     }
 
     #[tokio::test]
@@ -146,10 +184,11 @@ mod tests {
         assert_eq!(rx.recv(&mut buf).await, Next::Frames);
         assert_eq!(buf.len(), 2);
         buf.clear();
-        assert_eq!(
+        assert!(matches!(
             rx.recv(&mut buf).await,
-            Next::Close(ErrorCode::OverCapacity)
-        );
+            Next::Close(CloseRequest::Pusher(ErrorCode::OverCapacity, _))
+        ));
+        assert!(tx.is_closing());
     }
 
     #[tokio::test]
@@ -162,18 +201,25 @@ mod tests {
         });
         tokio::task::yield_now().await;
         tx.push("x".into()).unwrap();
-        assert_eq!(h.await.unwrap(), ["x"]);
+        assert_eq!(h.await.unwrap(), [text("x")]);
     }
 
     #[tokio::test]
-    async fn first_close_wins() {
+    async fn first_close_wins_and_later_pushes_are_refused() {
         let (tx, rx) = outbox(2);
-        tx.close(ErrorCode::ReconnectImmediately);
-        tx.close(ErrorCode::AppDisabled);
+        tx.close(CloseRequest::Pusher(
+            ErrorCode::ReconnectImmediately,
+            "bye".into(),
+        ));
+        tx.close(CloseRequest::WebSocket(1000, String::new()));
+        assert_eq!(tx.push("late".into()), Err(Overflow));
         let mut buf = VecDeque::new();
         assert_eq!(
             rx.recv(&mut buf).await,
-            Next::Close(ErrorCode::ReconnectImmediately)
+            Next::Close(CloseRequest::Pusher(
+                ErrorCode::ReconnectImmediately,
+                "bye".into()
+            ))
         );
     }
 }

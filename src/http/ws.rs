@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use actix_http::body::{BodyStream, MessageBody};
+use actix_http::ws::handshake;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bellhop_protocol::limits::SUPPORTED_PROTOCOLS;
 use bellhop_protocol::ErrorCode;
 
 use crate::apps::{App, ConnectionSlot};
-use crate::connection::{self, outbox, Connection};
+use crate::connection::{self, outbox, CloseRequest, Connection, Writer};
 use crate::state::ServerState;
 
 pub async fn upgrade(
@@ -19,27 +21,29 @@ pub async fn upgrade(
     key: web::Path<String>,
     state: web::Data<ServerState>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // actix-ws validates the handshake and gives the reading half; the writing half is our
+    // own response body, fed straight from the connection's outbox.
+    let (_, _, stream) = actix_ws::handle(&req, body)?;
     let max = state.config.max_frame_bytes;
     let stream = stream
         .max_frame_size(max)
         .aggregate_continuations()
         .max_continuation_size(max);
     let state = state.into_inner();
+    let (tx, rx) = outbox(state.config.outbox_capacity);
     match admit(&state, &key, req.query_string()) {
         Ok((app, slot)) => {
-            let (tx, rx) = outbox(state.config.outbox_capacity);
             let conn = Connection::new(state, app, slot, tx);
-            actix_web::rt::spawn(connection::run(conn, rx, session, stream));
+            actix_web::rt::spawn(connection::run(conn, stream));
         }
         Err(code) => {
             tracing::debug!(key = %key.as_str(), code = code.number(), "connection refused");
-            actix_web::rt::spawn(async move {
-                connection::close_with(session, code, code.message()).await;
-                drop(stream);
-            });
+            tx.close(CloseRequest::Pusher(code, code.message().into()));
         }
     }
+    let response = handshake(req.head())?
+        .message_body(BodyStream::new(Writer::new(rx)).boxed())?
+        .into();
     Ok(response)
 }
 
