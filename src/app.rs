@@ -6,13 +6,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor;
 use actix_web::{web, App as WebApp, HttpServer};
+use tokio::sync::watch;
 
 use crate::apps::{App, AppDirectory};
 use crate::channel::ChannelRegistry;
 use crate::config::Config;
 use crate::http;
+use crate::jobs::Workers;
 use crate::state::ServerState;
+use crate::store::{Dialect, Store, StoreError};
+use crate::webhooks::{WebhookBatcher, WebhookSender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -28,6 +33,8 @@ pub enum RunError {
     },
     #[error("server stopped with an error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn threads(configured: usize) -> usize {
@@ -50,14 +57,41 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let arbiters: Vec<actix::Arbiter> = (0..threads(config.server.channel_threads))
+    let apps = Arc::new(AppDirectory::new(apps));
+    let db_url = config.server.database_url();
+    let store = Store::connect(&db_url).await?;
+    store.migrate().await?;
+    tracing::info!(store = %store.url(), "store ready");
+
+    let cfg = &config.server;
+    let batcher = WebhookBatcher::new(
+        apps.clone(),
+        store.clone(),
+        Duration::from_millis(cfg.webhook_delay_ms),
+        Duration::from_millis(cfg.webhook_batch_ms),
+    )
+    .start();
+    let (stop_workers, workers_stopped) = watch::channel(false);
+    let workers = Workers::new(store.clone(), cfg.node_id()).handler(Arc::new(WebhookSender::new(
+        apps.clone(),
+        Duration::from_millis(cfg.webhook_timeout_ms),
+    )));
+    let pg_url = (store.dialect() == Dialect::Postgres).then(|| db_url.clone());
+    let workers = actix_web::rt::spawn(workers.run(pg_url, workers_stopped));
+
+    let arbiters: Vec<actix::Arbiter> = (0..threads(cfg.channel_threads))
         .map(|_| actix::Arbiter::new())
         .collect();
-    let registry = ChannelRegistry::new(arbiters.iter().map(|a| a.handle()).collect());
+    let registry = ChannelRegistry::new(
+        arbiters.iter().map(|a| a.handle()).collect(),
+        Some(batcher.clone().recipient()),
+    );
     let state = web::Data::new(ServerState {
         config: config.server.clone(),
-        apps: AppDirectory::new(apps),
+        apps,
         channels: registry,
+        store,
+        webhooks: batcher.recipient(),
     });
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
@@ -89,18 +123,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let _ = std::io::stdout().flush();
     let result = server.run().await.map_err(RunError::Serve);
+    // Jobs in flight finish; queued ones stay in the store for the next worker.
+    let _ = stop_workers.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;
     for a in arbiters {
         a.stop();
     }
     tracing::info!("bellhop stopped");
     result
-}
-
-/// Builds a registry on fresh arbiters, for tests of the channel layer.
-pub fn test_registry(threads: usize) -> (Arc<ChannelRegistry>, Vec<actix::Arbiter>) {
-    let arbiters: Vec<actix::Arbiter> = (0..threads).map(|_| actix::Arbiter::new()).collect();
-    (
-        ChannelRegistry::new(arbiters.iter().map(|a| a.handle()).collect()),
-        arbiters,
-    )
 }

@@ -8,6 +8,7 @@ use bellhop_protocol::{AppId, AppKey, IdError, Secret};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::AppConfig;
+use crate::webhooks::WebhookTarget;
 
 /// Per-app limits; the defaults are Pusher's.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,12 +32,15 @@ pub struct App {
     pub enabled: bool,
     pub client_events: bool,
     pub limits: AppLimits,
+    pub webhooks: Vec<WebhookTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Id(#[from] IdError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhooks::TargetError),
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
 }
@@ -58,7 +62,11 @@ impl App {
                 return Err(AppError::ZeroLimit(name));
             }
         }
+        for w in &c.webhooks {
+            w.validate()?;
+        }
         Ok(Self {
+            webhooks: c.webhooks.clone(),
             id: AppId::parse(&c.id)?,
             key: AppKey::parse(&c.key)?,
             secrets: vec![Secret::parse(&c.secret)?],
@@ -78,6 +86,11 @@ impl App {
     }
 
     /// The secret new signatures are made with.
+    /// Whether any webhook target wants events of `kind`.
+    pub fn wants_webhook(&self, kind: &str) -> bool {
+        self.webhooks.iter().any(|w| w.wants(kind))
+    }
+
     pub fn signing_secret(&self) -> &Secret {
         // unwrap: `from_config` always stores one secret and nothing removes the last one.
         self.secrets.first().unwrap()

@@ -10,4 +10,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod jobs;
 pub mod state;
+pub mod store;
+pub mod webhooks;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use actix::{Actor, ActorContext, Context, Handler};
+use actix::{Actor, ActorContext, Context, Handler, Recipient};
 use bellhop_protocol::server::{self, SubscriptionErrorKind};
 use bellhop_protocol::{SocketId, UserId};
 use bytestring::ByteString;
@@ -15,6 +15,7 @@ use super::messages::{ListMembers, Member, Publish, Subscribe, Unsubscribe};
 use super::presence::{Change, Members};
 use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
 use crate::connection::Outbox;
+use crate::webhooks::{Observed, WebhookEvent};
 
 struct Subscriber {
     outbox: Outbox,
@@ -29,6 +30,7 @@ pub struct ChannelActor {
     counters: Arc<ChannelCounters>,
     registry: Weak<ChannelRegistry>,
     subscribes_seen: u64,
+    observer: Option<Recipient<Observed>>,
 }
 
 impl ChannelActor {
@@ -37,8 +39,10 @@ impl ChannelActor {
         generation: u64,
         counters: Arc<ChannelCounters>,
         registry: Weak<ChannelRegistry>,
+        observer: Option<Recipient<Observed>>,
     ) -> Self {
         Self {
+            observer,
             key,
             generation,
             subscribers: HashMap::new(),
@@ -56,6 +60,19 @@ impl ChannelActor {
                 let _ = sub.outbox.push(frame.clone());
             }
         }
+    }
+
+    fn observe(&self, event: WebhookEvent) {
+        if let Some(o) = &self.observer {
+            o.do_send(Observed {
+                app: self.key.app.clone(),
+                event,
+            });
+        }
+    }
+
+    fn channel(&self) -> String {
+        self.key.name.as_str().to_owned()
     }
 
     fn update_counters(&self) {
@@ -92,6 +109,10 @@ impl ChannelActor {
                 if self.members.join(user_id.clone(), user_info.clone()) == Change::First {
                     let frame = server::member_added(channel, user_id.as_str(), &user_info);
                     self.broadcast(&frame.into(), None);
+                    self.observe(WebhookEvent::MemberAdded {
+                        channel: self.channel(),
+                        user_id: user_id.as_str().to_owned(),
+                    });
                 }
                 Some(user_id)
             }
@@ -106,6 +127,11 @@ impl ChannelActor {
             },
         );
         self.update_counters();
+        if self.subscribers.len() == 1 {
+            self.observe(WebhookEvent::ChannelOccupied {
+                channel: self.channel(),
+            });
+        }
     }
 
     fn succeeded_frame(&self) -> ByteString {
@@ -125,10 +151,17 @@ impl ChannelActor {
             if self.members.leave(&user) == Some(Change::First) {
                 let frame = server::member_removed(self.key.name.as_str(), user.as_str());
                 self.broadcast(&frame.into(), None);
+                self.observe(WebhookEvent::MemberRemoved {
+                    channel: self.channel(),
+                    user_id: user.as_str().to_owned(),
+                });
             }
         }
         self.update_counters();
         if self.subscribers.is_empty() {
+            self.observe(WebhookEvent::ChannelVacated {
+                channel: self.channel(),
+            });
             let retire = match self.registry.upgrade() {
                 Some(r) => r.try_retire(&self.key, self.generation, self.subscribes_seen),
                 None => true,

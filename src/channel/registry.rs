@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use actix::{Actor, Addr, ArbiterHandle};
+use actix::{Actor, Addr, ArbiterHandle, Recipient};
 use bellhop_protocol::{AppId, ChannelName, UserId};
 use parking_lot::Mutex;
 
 use super::actor::ChannelActor;
 use super::messages::{ListMembers, Publish, Subscribe, Unsubscribe};
+use crate::webhooks::Observed;
 
 /// A channel is unique per app: one app's clients never reach another app's channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,11 +50,13 @@ pub struct ChannelRegistry {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     next_generation: AtomicU64,
+    /// Where channel facts (occupied, vacated, members) go for webhooks.
+    observer: Option<Recipient<Observed>>,
 }
 
 impl ChannelRegistry {
     /// Channel actors are spread over `arbiters` (threads) round-robin.
-    pub fn new(arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
+    pub fn new(arbiters: Vec<ArbiterHandle>, observer: Option<Recipient<Observed>>) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "the registry needs at least one arbiter"
@@ -63,6 +66,7 @@ impl ChannelRegistry {
             arbiters,
             next_arbiter: AtomicUsize::new(0),
             next_generation: AtomicU64::new(1),
+            observer,
         })
     }
 
@@ -84,8 +88,9 @@ impl ChannelRegistry {
         let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
         let registry: Weak<Self> = Arc::downgrade(self);
         let actor_counters = counters.clone();
+        let observer = self.observer.clone();
         let addr = ChannelActor::start_in_arbiter(&self.arbiters[i], move |_| {
-            ChannelActor::new(key, generation, actor_counters, registry)
+            ChannelActor::new(key, generation, actor_counters, registry, observer)
         });
         Entry {
             addr,

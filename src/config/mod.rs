@@ -88,6 +88,18 @@ pub struct ServerConfig {
     /// Allow the published default secret on a non-loopback address.
     pub allow_default_secret: bool,
     pub log_format: LogFormat,
+    /// `sqlite://…` or `postgres://…`; default: `bellhop.db` in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: String,
+    /// Bearer token for `/admin`; the admin API is off without one.
+    pub admin_token: Option<String>,
+    pub node_id: Option<String>,
+    /// How long `channel_vacated` / `member_removed` webhooks wait for a cancelling rejoin.
+    pub webhook_delay_ms: u64,
+    /// How long webhook events gather before a batch is enqueued.
+    pub webhook_batch_ms: u64,
+    /// Per-request timeout for webhook deliveries.
+    pub webhook_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +115,13 @@ impl Default for ServerConfig {
             channel_threads: 0,
             allow_default_secret: false,
             log_format: LogFormat::Text,
+            database_url: None,
+            data_dir: "data".into(),
+            admin_token: None,
+            node_id: None,
+            webhook_delay_ms: 3000,
+            webhook_batch_ms: 250,
+            webhook_timeout_ms: 10_000,
         }
     }
 }
@@ -141,6 +160,8 @@ pub struct AppConfig {
     pub max_presence_user_info_bytes: usize,
     #[serde(default = "d_user_id")]
     pub max_presence_user_id_len: usize,
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhooks::WebhookTarget>,
 }
 
 fn yes() -> bool {
@@ -184,7 +205,29 @@ impl AppConfig {
             max_presence_members: d_members(),
             max_presence_user_info_bytes: d_user_info(),
             max_presence_user_id_len: d_user_id(),
+            webhooks: Vec::new(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// The store URL: the configured one, or a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}/bellhop.db",
+                self.data_dir.trim_end_matches('/')
+            )
+        })
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", std::process::id())
+        })
     }
 }
 
@@ -284,6 +327,18 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_ALLOW_DEFAULT_SECRET", BOOL)? {
             s.allow_default_secret = v;
         }
+        if let Some(v) = source.var("BELLHOP_DATABASE_URL").filter(|v| !v.is_empty()) {
+            s.database_url = Some(v);
+        }
+        if let Some(v) = source.var("BELLHOP_DATA_DIR").filter(|v| !v.is_empty()) {
+            s.data_dir = v;
+        }
+        if let Some(v) = source.var("BELLHOP_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            s.admin_token = Some(v);
+        }
+        if let Some(v) = source.var("BELLHOP_NODE_ID").filter(|v| !v.is_empty()) {
+            s.node_id = Some(v);
+        }
         if let Some(v) = source.var("BELLHOP_LOG_FORMAT") {
             s.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -303,6 +358,18 @@ impl Config {
         let secret = source.var("BELLHOP_APP_SECRET");
         let client_events: Option<bool> = env_parse(source, "BELLHOP_APP_CLIENT_EVENTS", BOOL)?;
         let max_conn: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_CONNECTIONS", NUM)?;
+        let webhooks = match source.var("BELLHOP_APP_WEBHOOKS").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_str::<Vec<crate::webhooks::WebhookTarget>>(&v).map_err(|_| {
+                    ConfigError::Env {
+                        name: "BELLHOP_APP_WEBHOOKS",
+                        value: v,
+                        reason: "expected a JSON array of {\"url\": …, \"event_types\": […], \"headers\": {…}}",
+                    }
+                })?,
+            ),
+        };
         let env_names_app =
             id.is_some() || key.is_some() || secret.is_some() || client_events.is_some();
         if env_names_app || self.apps.is_empty() {
@@ -324,6 +391,9 @@ impl Config {
             if max_conn.is_some() {
                 app.max_connections = max_conn;
             }
+            if let Some(w) = webhooks {
+                app.webhooks = w;
+            }
             self.apps.insert(0, app);
         }
         Ok(())
@@ -339,6 +409,16 @@ impl Config {
             return Err(ConfigError::Server(
                 "activity and pong timeouts must be at least 1 second",
             ));
+        }
+        if let Some(url) = &s.database_url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"))
+            {
+                return Err(ConfigError::Server(
+                    "database_url must start with sqlite: or postgres://",
+                ));
+            }
         }
         if s.outbox_capacity == 0 || s.max_frame_bytes < 1024 {
             return Err(ConfigError::Server(
@@ -445,5 +525,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("digits"), "{err}");
+        let err = Config::load(
+            None,
+            &MapSource::default().with("BELLHOP_APP_WEBHOOKS", "[{]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("BELLHOP_APP_WEBHOOKS"), "{err}");
+        let err = Config::load(
+            None,
+            &MapSource::default().with("BELLHOP_APP_WEBHOOKS", r#"[{"url":"ftp://x/y"}]"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_from_env() {
+        let c = Config::load(
+            None,
+            &MapSource::default().with(
+                "BELLHOP_APP_WEBHOOKS",
+                r#"[{"url": "http://127.0.0.1:9876/webhook", "event_types": ["channel_occupied", "member_added"]}]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].webhooks.len(), 1);
+        assert!(c.apps[0].webhooks[0].wants("member_added"));
+        assert!(!c.apps[0].webhooks[0].wants("client_event"));
     }
 }

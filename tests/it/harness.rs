@@ -58,6 +58,7 @@ impl Server {
             .env("BELLHOP_PORT", "0")
             .env("BELLHOP_WORKERS", "1")
             .env("BELLHOP_LOG", "warn")
+            .env("BELLHOP_DATA_DIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(toml) = &setup.toml {

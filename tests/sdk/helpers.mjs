@@ -3,7 +3,8 @@
 // things with timeouts that fail with a clear message instead of hanging.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -49,9 +50,12 @@ export async function startBellhop({ env = {}, startTimeoutMs = 15000 } = {}) {
     key: `sdk-key-${process.pid}-${appCounter}`,
     secret: `sdk-secret-${process.pid}-${appCounter}`,
   };
+  // Each server gets its own SQLite store in a fresh temp directory.
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'bellhop-sdk-'));
   const child = spawn(BELLHOP_BIN, [], {
     env: {
       PATH: process.env.PATH,
+      BELLHOP_DATA_DIR: dataDir,
       BELLHOP_HOST: '127.0.0.1',
       BELLHOP_PORT: '0',
       BELLHOP_APP_ID: app.appId,
