@@ -72,10 +72,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     )
     .start();
     let (stop_workers, workers_stopped) = watch::channel(false);
-    let workers = Workers::new(store.clone(), cfg.node_id()).handler(Arc::new(WebhookSender::new(
-        apps.clone(),
-        Duration::from_millis(cfg.webhook_timeout_ms),
-    )));
+    let workers = Workers::new(store.clone(), cfg.node_id())
+        .lease(Duration::from_secs(cfg.job_lease_secs))
+        .handler(Arc::new(WebhookSender::new(
+            apps.clone(),
+            Duration::from_millis(cfg.webhook_timeout_ms),
+        )));
     let pg_url = (store.dialect() == Dialect::Postgres).then(|| db_url.clone());
     let workers = actix_web::rt::spawn(workers.run(pg_url, workers_stopped));
 

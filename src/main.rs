@@ -40,6 +40,77 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
+    /// Create or update the store's tables (the server also does this at start-up).
+    Migrate,
+    /// Inspect and manage the durable job queue (webhooks, notifications).
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// List jobs, newest first, with counts per state.
+    List {
+        /// pending, running, done or dead
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one job and every attempt made.
+    Show { id: i64 },
+    /// Put a dead job back in the queue.
+    Retry { id: i64 },
+    /// Delete a dead job.
+    Drop { id: i64 },
+}
+
+async fn jobs(config: Config, action: Option<JobsAction>) -> anyhow::Result<()> {
+    use bellhop::store::Store;
+    let store = Store::connect(&config.server.database_url()).await?;
+    store.migrate().await?;
+    let Some(action) = action else {
+        println!("migrations applied to {}", store.url());
+        return Ok(());
+    };
+    match action {
+        JobsAction::List { state, limit } => {
+            for (state, n) in store.job_counts().await? {
+                println!("{state}: {n}");
+            }
+            for job in store.jobs(state.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&job)?);
+            }
+        }
+        JobsAction::Show { id } => match store.job(id).await? {
+            Some((job, attempts)) => println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"job": job, "attempts": attempts})
+                )?
+            ),
+            None => anyhow::bail!("no job {id}"),
+        },
+        JobsAction::Retry { id } => {
+            anyhow::ensure!(
+                store
+                    .retry_dead(id, bellhop::webhooks::WEBHOOK_EXPIRY)
+                    .await?,
+                "job {id} is not dead (or does not exist)"
+            );
+            println!("job {id} queued again");
+        }
+        JobsAction::Drop { id } => {
+            anyhow::ensure!(
+                store.drop_dead(id).await?,
+                "job {id} is not dead (or does not exist)"
+            );
+            println!("job {id} dropped");
+        }
+    }
+    Ok(())
 }
 
 fn init_logs(format: LogFormat) {
@@ -73,6 +144,10 @@ fn main() -> anyhow::Result<()> {
                     .join(", ")
             );
             Ok(())
+        }
+        Command::Migrate => actix_web::rt::System::new().block_on(jobs(config, None)),
+        Command::Jobs { action } => {
+            actix_web::rt::System::new().block_on(jobs(config, Some(action)))
         }
         Command::Serve => {
             init_logs(config.server.log_format);

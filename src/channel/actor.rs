@@ -106,6 +106,11 @@ impl ChannelActor {
                     let _ = msg.outbox.push(frame.into());
                     return;
                 }
+                if self.subscribers.is_empty() {
+                    self.observe(WebhookEvent::ChannelOccupied {
+                        channel: self.channel(),
+                    });
+                }
                 if self.members.join(user_id.clone(), user_info.clone()) == Change::First {
                     let frame = server::member_added(channel, user_id.as_str(), &user_info);
                     self.broadcast(&frame.into(), None);
@@ -127,7 +132,8 @@ impl ChannelActor {
             },
         );
         self.update_counters();
-        if self.subscribers.len() == 1 {
+        if self.subscribers.len() == 1 && !self.key.name.is_presence() {
+            // Presence channels reported it above, before their first member_added.
             self.observe(WebhookEvent::ChannelOccupied {
                 channel: self.channel(),
             });

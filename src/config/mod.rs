@@ -100,6 +100,8 @@ pub struct ServerConfig {
     pub webhook_batch_ms: u64,
     /// Per-request timeout for webhook deliveries.
     pub webhook_timeout_ms: u64,
+    /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
+    pub job_lease_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +124,7 @@ impl Default for ServerConfig {
             webhook_delay_ms: 3000,
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
+            job_lease_secs: 60,
         }
     }
 }
@@ -339,6 +342,18 @@ impl Config {
         if let Some(v) = source.var("BELLHOP_NODE_ID").filter(|v| !v.is_empty()) {
             s.node_id = Some(v);
         }
+        if let Some(v) = env_parse(source, "BELLHOP_WEBHOOK_DELAY_MS", NUM)? {
+            s.webhook_delay_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_WEBHOOK_BATCH_MS", NUM)? {
+            s.webhook_batch_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_WEBHOOK_TIMEOUT_MS", NUM)? {
+            s.webhook_timeout_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
+            s.job_lease_secs = v;
+        }
         if let Some(v) = source.var("BELLHOP_LOG_FORMAT") {
             s.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -419,6 +434,11 @@ impl Config {
                     "database_url must start with sqlite: or postgres://",
                 ));
             }
+        }
+        if s.webhook_batch_ms == 0 || s.webhook_timeout_ms == 0 || s.job_lease_secs == 0 {
+            return Err(ConfigError::Server(
+                "webhook_batch_ms, webhook_timeout_ms and job_lease_secs must be at least 1",
+            ));
         }
         if s.outbox_capacity == 0 || s.max_frame_bytes < 1024 {
             return Err(ConfigError::Server(

@@ -29,6 +29,7 @@ use crate::apps::{App, ConnectionSlot};
 use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
 use crate::channel::{ChannelActor, ChannelKey};
 use crate::state::ServerState;
+use crate::webhooks::{Observed, WebhookEvent};
 use dispatch::{authorize_subscription, check_client_event, RateLimit};
 
 struct Subscription {
@@ -211,13 +212,28 @@ impl Connection {
         }
         // unwrap: check_client_event refused the event unless `sub` is Some.
         let sub = sub.unwrap();
-        let frame =
-            server::client_event(event, channel, data, sub.user.as_ref().map(|u| u.as_str()));
+        let user_id = sub.user.as_ref().map(|u| u.as_str());
+        let frame = server::client_event(event, channel, data, user_id);
         sub.addr.do_send(Publish {
             frame: frame.into(),
             except: Some(self.socket_id),
             from: Some(self.socket_id),
         });
+        if self.app.wants_webhook("client_event") {
+            // Webhooks carry client event data as a string, as Pusher sends it.
+            let raw = data.get();
+            let data = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
+            self.state.webhooks.do_send(Observed {
+                app: self.app.id.clone(),
+                event: WebhookEvent::ClientEvent {
+                    channel: channel.to_owned(),
+                    event: event.to_owned(),
+                    data,
+                    socket_id: self.socket_id.to_string(),
+                    user_id: user_id.map(str::to_owned),
+                },
+            });
+        }
     }
 
     fn leave_all(&mut self) {

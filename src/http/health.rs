@@ -1,11 +1,19 @@
-//! Liveness and readiness for load balancers and orchestrators.
+//! Liveness (the process answers) and readiness (it can do its work: the store answers).
 
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::ServerState;
 
 pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-pub async fn ready() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+pub async fn ready(state: web::Data<ServerState>) -> HttpResponse {
+    if state.store.ping().await {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "store": "unreachable"}))
+    }
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface: every route in one list, the WebSocket upgrade, the signed API.
 
+mod admin;
 pub mod api;
 pub mod error;
 mod health;
@@ -32,6 +33,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/apps/{app_id}/channels/{channel}/users",
             web::get().to(api::channels::users),
         )
+        .route("/admin/apps", web::get().to(admin::list_apps))
+        .route("/admin/jobs", web::get().to(admin::list_jobs))
+        .route("/admin/jobs/{id}", web::get().to(admin::show_job))
+        .route("/admin/jobs/{id}", web::delete().to(admin::drop_job))
+        .route("/admin/jobs/{id}/retry", web::post().to(admin::retry_job))
         .route("/health", web::get().to(health::live))
         .route("/ready", web::get().to(health::ready))
         .default_service(web::to(error::not_found));

@@ -21,6 +21,8 @@ pub struct Server {
 pub struct Setup {
     pub env: Vec<(String, String)>,
     pub toml: Option<String>,
+    /// Reuse this data directory (and its SQLite store) instead of a fresh one.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Setup {
@@ -43,6 +45,11 @@ impl Setup {
         self
     }
 
+    pub fn data_dir(mut self, dir: &std::path::Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
     pub fn start(self) -> Server {
         Server::start(self)
     }
@@ -58,7 +65,10 @@ impl Server {
             .env("BELLHOP_PORT", "0")
             .env("BELLHOP_WORKERS", "1")
             .env("BELLHOP_LOG", "warn")
-            .env("BELLHOP_DATA_DIR", dir.path())
+            .env(
+                "BELLHOP_DATA_DIR",
+                setup.data_dir.as_deref().unwrap_or(dir.path()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(toml) = &setup.toml {
@@ -99,6 +109,12 @@ impl Server {
             "ws://{}/app/{key}?protocol=7&client=it&version=1",
             self.addr
         )
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn http(&self, path: &str) -> String {

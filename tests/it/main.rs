@@ -7,5 +7,8 @@ mod connection;
 mod harness;
 mod http_api;
 mod presence;
+mod queue;
+mod receiver;
 mod sdk;
 mod subscriptions;
+mod webhooks;
