@@ -256,7 +256,7 @@ test('2. client_event webhook from a pusher-js client event (private and presenc
   recv.assertAllValid();
 });
 
-test('3. channel_vacated / member_removed are delayed, and a quick rejoin sends neither', async () => {
+test('3. channel_vacated / member_removed are delayed, and a quick rejoin sends neither', async (t) => {
   // (a) unsubscribe from a presence channel.
   const pres = unique('presence-wh-leave-');
   const carol = makeClient(server, { userId: 'carol', userInfo: {} });
@@ -276,6 +276,8 @@ test('3. channel_vacated / member_removed are delayed, and a quick rejoin sends 
     );
   }
 
+  t.diagnostic(`leave webhooks arrived ${vac.req.at - t0} / ${rem.req.at - t0} ms after unsubscribe`);
+
   // (b) disconnecting from a public channel.
   const pub = unique('wh-leave-');
   const erin = makeClient(server);
@@ -289,6 +291,8 @@ test('3. channel_vacated / member_removed are delayed, and a quick rejoin sends 
     vac2.req.at - t1 >= DELAY_MS - 50,
     `channel_vacated arrived ${vac2.req.at - t1} ms after the disconnect; expected >= ${DELAY_MS} ms`,
   );
+
+  t.diagnostic(`channel_vacated arrived ${vac2.req.at - t1} ms after disconnect`);
 
   // (c) unsubscribe + resubscribe within the window: no vacated/occupied (or removed/added) pair.
   const flap = unique('presence-wh-flap-');
@@ -319,7 +323,7 @@ test('3. channel_vacated / member_removed are delayed, and a quick rejoin sends 
   recv.assertAllValid();
 });
 
-test('4. events within the batch window arrive in one POST', async () => {
+test('4. events within the batch window arrive in one POST', async (t) => {
   const names = [unique('wh-batch-a-'), unique('wh-batch-b-'), unique('wh-batch-c-')];
   const client = makeClient(server);
   await connected(client);
@@ -335,6 +339,7 @@ test('4. events within the batch window arrive in one POST', async () => {
   const occupied = names.flatMap((n) =>
     recv.events('/all', n).filter((e) => e.event.name === 'channel_occupied'),
   );
+  t.diagnostic(`3 channel_occupied events arrived in ${carrying.size} POST(s)`);
   assert.equal(occupied.length, 3, 'each channel_occupied exactly once');
   assert.ok(
     carrying.size < occupied.length,
@@ -352,7 +357,7 @@ test('4. events within the batch window arrive in one POST', async () => {
   recv.assertAllValid();
 });
 
-test('5. retries: 500, 500, 200 delivers the same batch; 400 is permanent; a hang times out and is retried', async () => {
+test('5. retries: 500, 500, 200 delivers the same batch; 400 is permanent; a hang times out and is retried', async (t) => {
   const r = await new Receiver().start();
   r.script('/flaky', [500, 500]);
   r.script('/bad', [400]);
@@ -399,6 +404,8 @@ test('5. retries: 500, 500, 200 delivers the same batch; 400 is permanent; a han
     const gap2 = flaky[2].at - flaky[1].at;
     assert.ok(gap1 >= 450 && gap1 <= 3000, `first retry after ${gap1} ms; expected 0.5-1 s (+ poll)`);
     assert.ok(gap2 >= 950 && gap2 <= 4000, `second retry after ${gap2} ms; expected 1-2 s (+ poll)`);
+
+    t.diagnostic(`/flaky retry gaps ${gap1} ms, ${gap2} ms; /hang retry gap ${r.to('/hang')[1]?.at - r.to('/hang')[0]?.at} ms`);
 
     const bad = r.to('/bad');
     assert.deepEqual(bad.map((q) => q.answered), [400], '400 must not be retried');
