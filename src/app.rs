@@ -37,6 +37,56 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
+async fn signal() {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = actix_web::rt::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = actix_web::rt::signal::ctrl_c() => {}
+    }
+}
+
+/// On SIGTERM/SIGINT: fail readiness, refuse new sockets, tell connected clients to
+/// reconnect (4200) a batch at a time, then stop — all within the grace time.
+async fn shutdown_on_signal(state: web::Data<ServerState>, server: actix_web::dev::ServerHandle) {
+    signal().await;
+    let cfg = &state.config;
+    tracing::info!(
+        connections = state.connections.len(),
+        grace_secs = cfg.shutdown_grace_secs,
+        "shutting down: moving clients to other nodes"
+    );
+    state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_grace_secs);
+    let code = bellhop_protocol::ErrorCode::ReconnectImmediately;
+    while tokio::time::Instant::now() < deadline {
+        let batch = state.connections.some_open(cfg.shutdown_batch);
+        if batch.is_empty() {
+            break;
+        }
+        for outbox in batch {
+            outbox.close(crate::connection::CloseRequest::Pusher(
+                code,
+                "server shutting down: reconnect".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the last close frames a moment to leave, bounded by the grace time.
+    while !state.connections.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop(true).await;
+}
+
 fn threads(configured: usize) -> usize {
     if configured > 0 {
         configured
@@ -92,7 +142,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config: config.server.clone(),
         apps,
         channels: registry,
+        connections: Default::default(),
         store,
+        shutting_down: Default::default(),
         webhooks: batcher.recipient(),
     });
 
@@ -109,7 +161,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .workers(threads(config.server.workers))
             .backlog(4096)
             .max_connections(200_000)
-            .shutdown_timeout(10)
+            .shutdown_timeout(5)
+            .disable_signals()
             .client_request_timeout(Duration::from_secs(10))
             .bind(&addr)
             .map_err(|source| RunError::Bind {
@@ -124,7 +177,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         println!("listening http://{a}");
     }
     let _ = std::io::stdout().flush();
-    let result = server.run().await.map_err(RunError::Serve);
+    let server = server.run();
+    actix_web::rt::spawn(shutdown_on_signal(state.clone(), server.handle()));
+    let result = server.await.map_err(RunError::Serve);
     // Jobs in flight finish; queued ones stay in the store for the next worker.
     let _ = stop_workers.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;

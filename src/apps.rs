@@ -33,6 +33,9 @@ pub struct App {
     pub client_events: bool,
     pub limits: AppLimits,
     pub webhooks: Vec<WebhookTarget>,
+    pub subscription_count: bool,
+    pub signin_timeout: Option<std::time::Duration>,
+    pub cache_ttl: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,9 @@ impl App {
         }
         Ok(Self {
             webhooks: c.webhooks.clone(),
+            subscription_count: c.subscription_count,
+            signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),
+            cache_ttl: std::time::Duration::from_secs(c.cache_ttl_secs),
             id: AppId::parse(&c.id)?,
             key: AppKey::parse(&c.key)?,
             secrets: vec![Secret::parse(&c.secret)?],

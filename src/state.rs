@@ -7,6 +7,7 @@ use actix::Recipient;
 use crate::apps::AppDirectory;
 use crate::channel::ChannelRegistry;
 use crate::config::ServerConfig;
+use crate::connection::Connections;
 use crate::store::Store;
 use crate::webhooks::Observed;
 
@@ -14,7 +15,10 @@ pub struct ServerState {
     pub config: ServerConfig,
     pub apps: Arc<AppDirectory>,
     pub channels: Arc<ChannelRegistry>,
+    pub connections: Connections,
     pub store: Store,
+    /// Set when shutdown begins: readiness fails and new connections are turned away.
+    pub shutting_down: std::sync::atomic::AtomicBool,
     /// Facts for webhooks (client events come from connections).
     pub webhooks: Recipient<Observed>,
 }

@@ -181,6 +181,28 @@ pub fn member_removed(channel: &str, user_id: &str) -> String {
     encode("pusher_internal:member_removed", Some(channel), &data, None)
 }
 
+/// `pusher:cache_miss`: a cache channel has no cached event for a new subscriber.
+pub fn cache_miss(channel: &str) -> String {
+    encode("pusher:cache_miss", Some(channel), "{}", None)
+}
+
+/// `pusher_internal:subscription_count` (pusher-js re-emits it as `pusher:subscription_count`).
+pub fn subscription_count(channel: &str, count: u64) -> String {
+    #[derive(Serialize)]
+    struct Data {
+        subscription_count: u64,
+    }
+    let data = stringified(&Data {
+        subscription_count: count,
+    });
+    encode(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        &data,
+        None,
+    )
+}
+
 /// Why a subscription was refused; `kind` is the `type` pusher-js reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionErrorKind {
@@ -305,6 +327,18 @@ mod tests {
         assert_eq!(
             f,
             json!({"event":"client-a","channel":"private-a","data":"hi"})
+        );
+    }
+
+    #[test]
+    fn cache_miss_and_subscription_count() {
+        assert_eq!(
+            parse(&cache_miss("cache-a")),
+            json!({"event":"pusher:cache_miss","channel":"cache-a","data":"{}"})
+        );
+        assert_eq!(
+            parse(&subscription_count("a", 12)),
+            json!({"event":"pusher_internal:subscription_count","channel":"a","data":"{\"subscription_count\":12}"})
         );
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use actix::{Actor, ActorContext, Context, Handler, Recipient};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient};
 use bellhop_protocol::server::{self, SubscriptionErrorKind};
 use bellhop_protocol::{SocketId, UserId};
 use bytestring::ByteString;
@@ -22,6 +22,9 @@ struct Subscriber {
     user: Option<UserId>,
 }
 
+/// `subscription_count` events wait this long so a burst of joins sends one event.
+const COUNT_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct ChannelActor {
     key: ChannelKey,
     generation: u64,
@@ -31,6 +34,10 @@ pub struct ChannelActor {
     registry: Weak<ChannelRegistry>,
     subscribes_seen: u64,
     observer: Option<Recipient<Observed>>,
+    /// `subscription_count` events: on for the app, one pending debounce, last count sent.
+    count_events: bool,
+    count_pending: bool,
+    count_sent: Option<u64>,
 }
 
 impl ChannelActor {
@@ -43,6 +50,9 @@ impl ChannelActor {
     ) -> Self {
         Self {
             observer,
+            count_events: false,
+            count_pending: false,
+            count_sent: None,
             key,
             generation,
             subscribers: HashMap::new(),
@@ -84,7 +94,46 @@ impl ChannelActor {
             .store(self.members.len() as u64, Ordering::Relaxed);
     }
 
-    fn subscribe(&mut self, msg: Subscribe) {
+    /// Sends the subscription count once things settle: at most one event a second.
+    fn count_changed(&mut self, ctx: &mut Context<Self>) {
+        if !self.count_events || self.key.name.is_presence() || self.count_pending {
+            return;
+        }
+        self.count_pending = true;
+        ctx.run_later(COUNT_DEBOUNCE, |this, _| {
+            this.count_pending = false;
+            let n = this.subscribers.len() as u64;
+            if this.count_sent == Some(n) || n == 0 {
+                return;
+            }
+            this.count_sent = Some(n);
+            let frame = server::subscription_count(this.key.name.as_str(), n);
+            this.broadcast(&frame.into(), None);
+            this.observe(WebhookEvent::SubscriptionCount {
+                channel: this.channel(),
+                count: n,
+            });
+        });
+    }
+
+    /// A new subscriber of a cache channel gets the last event, or `pusher:cache_miss`.
+    fn send_cached(&self, outbox: &Outbox) {
+        let cached = self.registry.upgrade().and_then(|r| r.cached(&self.key));
+        match cached {
+            Some(frame) => {
+                let _ = outbox.push(frame);
+            }
+            None => {
+                let _ = outbox.push(server::cache_miss(self.key.name.as_str()).into());
+                self.observe(WebhookEvent::CacheMiss {
+                    channel: self.channel(),
+                });
+            }
+        }
+    }
+
+    fn subscribe(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        self.count_events = msg.subscription_count;
         let channel = self.key.name.as_str();
         if let Some(existing) = self.subscribers.get(&msg.socket_id) {
             // A repeated subscribe from the same socket is answered again, changing nothing.
@@ -124,6 +173,9 @@ impl ChannelActor {
             None => None,
         };
         let _ = msg.outbox.push(self.succeeded_frame());
+        if self.key.name.is_cache() {
+            self.send_cached(&msg.outbox);
+        }
         self.subscribers.insert(
             msg.socket_id,
             Subscriber {
@@ -138,6 +190,7 @@ impl ChannelActor {
                 channel: self.channel(),
             });
         }
+        self.count_changed(ctx);
     }
 
     fn succeeded_frame(&self) -> ByteString {
@@ -164,6 +217,7 @@ impl ChannelActor {
             }
         }
         self.update_counters();
+        self.count_changed(ctx);
         if self.subscribers.is_empty() {
             self.observe(WebhookEvent::ChannelVacated {
                 channel: self.channel(),
@@ -187,9 +241,9 @@ impl Actor for ChannelActor {
 
 impl Handler<Subscribe> for ChannelActor {
     type Result = ();
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         self.subscribes_seen += 1;
-        self.subscribe(msg);
+        self.subscribe(msg, ctx);
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Subscribe {
     pub member: Option<Member>,
     /// The presence members limit of the channel's app.
     pub max_members: usize,
+    /// Whether the app wants `subscription_count` events.
+    pub subscription_count: bool,
 }
 
 /// Removes a socket; a no-op when it is not subscribed.

@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, Recipient};
 use bellhop_protocol::{AppId, ChannelName, UserId};
+use bytestring::ByteString;
 use parking_lot::Mutex;
 
 use super::actor::ChannelActor;
@@ -52,6 +54,8 @@ pub struct ChannelRegistry {
     next_generation: AtomicU64,
     /// Where channel facts (occupied, vacated, members) go for webhooks.
     observer: Option<Recipient<Observed>>,
+    /// The last server event of each cache channel, kept whether or not anyone is subscribed.
+    caches: Mutex<HashMap<ChannelKey, (ByteString, Instant)>>,
 }
 
 impl ChannelRegistry {
@@ -67,6 +71,7 @@ impl ChannelRegistry {
             next_arbiter: AtomicUsize::new(0),
             next_generation: AtomicU64::new(1),
             observer,
+            caches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -138,6 +143,26 @@ impl ChannelRegistry {
             }
             None => false,
         }
+    }
+
+    /// Keeps `frame` as the cache channel's last event for `ttl`.
+    pub fn remember(&self, key: &ChannelKey, frame: ByteString, ttl: Duration) {
+        let now = Instant::now();
+        let mut caches = self.caches.lock();
+        // Expired entries are dropped now and then, so abandoned channels do not accumulate.
+        if caches.len() % 1024 == 1023 {
+            caches.retain(|_, (_, until)| *until > now);
+        }
+        caches.insert(key.clone(), (frame, now + ttl));
+    }
+
+    /// The cache channel's last event, unless it expired.
+    pub fn cached(&self, key: &ChannelKey) -> Option<ByteString> {
+        let caches = self.caches.lock();
+        caches
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(f, _)| f.clone())
     }
 
     pub fn stats(&self, key: &ChannelKey) -> Option<ChannelStats> {

@@ -102,6 +102,11 @@ pub struct ServerConfig {
     pub webhook_timeout_ms: u64,
     /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
     pub job_lease_secs: u64,
+    /// On SIGTERM/SIGINT: the time allowed for telling clients to reconnect elsewhere.
+    pub shutdown_grace_secs: u64,
+    /// Connections told to reconnect per 100 ms during shutdown, so a fleet does not
+    /// stampede the remaining nodes.
+    pub shutdown_batch: usize,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +130,8 @@ impl Default for ServerConfig {
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
             job_lease_secs: 60,
+            shutdown_grace_secs: 10,
+            shutdown_batch: 500,
         }
     }
 }
@@ -165,6 +172,19 @@ pub struct AppConfig {
     pub max_presence_user_id_len: usize,
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::WebhookTarget>,
+    /// Send `pusher_internal:subscription_count` to the subscribers of non-presence channels.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Close sockets that have not signed in within this many seconds (4009).
+    #[serde(default)]
+    pub signin_timeout_secs: Option<u64>,
+    /// How long a cache channel keeps its last event.
+    #[serde(default = "d_cache_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+fn d_cache_ttl() -> u64 {
+    30 * 60
 }
 
 fn yes() -> bool {
@@ -209,6 +229,9 @@ impl AppConfig {
             max_presence_user_info_bytes: d_user_info(),
             max_presence_user_id_len: d_user_id(),
             webhooks: Vec::new(),
+            subscription_count: false,
+            signin_timeout_secs: None,
+            cache_ttl_secs: d_cache_ttl(),
         }
     }
 }
@@ -354,6 +377,9 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
             s.job_lease_secs = v;
         }
+        if let Some(v) = env_parse(source, "BELLHOP_SHUTDOWN_GRACE_SECS", NUM)? {
+            s.shutdown_grace_secs = v;
+        }
         if let Some(v) = source.var("BELLHOP_LOG_FORMAT") {
             s.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -373,6 +399,8 @@ impl Config {
         let secret = source.var("BELLHOP_APP_SECRET");
         let client_events: Option<bool> = env_parse(source, "BELLHOP_APP_CLIENT_EVENTS", BOOL)?;
         let max_conn: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_CONNECTIONS", NUM)?;
+        let sub_count: Option<bool> = env_parse(source, "BELLHOP_APP_SUBSCRIPTION_COUNT", BOOL)?;
+        let signin: Option<u64> = env_parse(source, "BELLHOP_APP_SIGNIN_TIMEOUT", NUM)?;
         let webhooks = match source.var("BELLHOP_APP_WEBHOOKS").filter(|v| !v.trim().is_empty()) {
             None => None,
             Some(v) => Some(
@@ -409,6 +437,12 @@ impl Config {
             if let Some(w) = webhooks {
                 app.webhooks = w;
             }
+            if let Some(c) = sub_count {
+                app.subscription_count = c;
+            }
+            if signin.is_some() {
+                app.signin_timeout_secs = signin;
+            }
             self.apps.insert(0, app);
         }
         Ok(())
@@ -434,6 +468,9 @@ impl Config {
                     "database_url must start with sqlite: or postgres://",
                 ));
             }
+        }
+        if s.shutdown_batch == 0 {
+            return Err(ConfigError::Server("shutdown_batch must be at least 1"));
         }
         if s.webhook_batch_ms == 0 || s.webhook_timeout_ms == 0 || s.job_lease_secs == 0 {
             return Err(ConfigError::Server(

@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 mod outbox;
+mod registry;
 mod writer;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use serde_json::value::RawValue;
 use tokio::time::{sleep_until, Instant};
 
 pub use outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
+pub use registry::Connections;
 pub use writer::Writer;
 
 use crate::apps::{App, ConnectionSlot};
@@ -55,10 +57,14 @@ impl Connection {
         slot: ConnectionSlot,
         outbox: Outbox,
     ) -> Self {
+        let socket_id = SocketId::new(rand::random::<u32>().into(), rand::random::<u32>().into());
+        state
+            .connections
+            .add(socket_id, app.id.clone(), outbox.clone());
         Self {
             state,
             app,
-            socket_id: SocketId::new(rand::random::<u32>().into(), rand::random::<u32>().into()),
+            socket_id,
             outbox,
             subscriptions: HashMap::new(),
             user: None,
@@ -136,6 +142,7 @@ impl Connection {
                 outbox: self.outbox.clone(),
                 member: authorized.member,
                 max_members: self.app.limits.max_presence_members,
+                subscription_count: self.app.subscription_count,
             },
         );
         self.subscriptions
@@ -176,6 +183,9 @@ impl Connection {
                         "socket is already signed in as another user".into(),
                     ));
                 }
+                self.state
+                    .connections
+                    .signed_in(self.socket_id, &self.app.id, &user);
                 self.user = Some(user);
                 self.send(server::signin_success(user_data));
                 None
@@ -260,6 +270,9 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
 
     let mut deadline = Instant::now() + activity;
     let mut awaiting_pong = false;
+    // Apps that require sign-in close sockets that do not sign in within the timeout.
+    let signin_deadline = conn.app.signin_timeout.map(|t| Instant::now() + t);
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let close = loop {
         tokio::select! {
             msg = stream.next() => {
@@ -295,6 +308,10 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
                     }
                 }
             }
+            _ = sleep_until(signin_deadline.unwrap_or(far)), if signin_deadline.is_some() && conn.user.is_none() => {
+                let code = ErrorCode::Unauthorized;
+                break Some(CloseRequest::Pusher(code, "not signed in within the sign-in timeout".into()));
+            }
             _ = sleep_until(deadline) => {
                 if awaiting_pong {
                     let code = ErrorCode::PongNotReceived;
@@ -307,6 +324,9 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
         }
     };
     conn.leave_all();
+    conn.state
+        .connections
+        .remove(conn.socket_id, conn.user.as_ref());
     if let Some(close) = close {
         conn.outbox.close(close);
     }

@@ -10,6 +10,12 @@ pub async fn live() -> HttpResponse {
 }
 
 pub async fn ready(state: web::Data<ServerState>) -> HttpResponse {
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}));
+    }
     if state.store.ping().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {

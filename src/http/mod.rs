@@ -33,6 +33,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/apps/{app_id}/channels/{channel}/users",
             web::get().to(api::channels::users),
         )
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            web::post().to(api::users::terminate_connections),
+        )
         .route("/admin/apps", web::get().to(admin::list_apps))
         .route("/admin/jobs", web::get().to(admin::list_jobs))
         .route("/admin/jobs/{id}", web::get().to(admin::show_job))

@@ -70,6 +70,13 @@ fn admit(
     key: &str,
     query: &str,
 ) -> Result<(Arc<App>, ConnectionSlot), ErrorCode> {
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // This node is going away: reconnect now, through the load balancer, to another.
+        return Err(ErrorCode::ReconnectImmediately);
+    }
     let app = state.apps.by_key(key).ok_or(ErrorCode::AppNotFound)?;
     if !app.enabled {
         return Err(ErrorCode::AppDisabled);

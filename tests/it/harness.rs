@@ -111,6 +111,24 @@ impl Server {
         )
     }
 
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit; its success, or None if still running after `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<bool> {
+        for _ in 0..secs * 20 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `kill -9`: no shutdown, no flush.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -11,4 +11,5 @@ mod queue;
 mod receiver;
 mod sdk;
 mod subscriptions;
+mod surface;
 mod webhooks;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bellhop_protocol::limits::MAX_EVENT_NAME_LEN;
 use bellhop_protocol::{server, ChannelName, SocketId};
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -125,10 +126,14 @@ fn publish(state: &ServerState, app: &App, event: &Event) {
             app: app.id.clone(),
             name: channel.clone(),
         };
+        let frame = ByteString::from(frame);
+        if channel.is_cache() {
+            state.channels.remember(&key, frame.clone(), app.cache_ttl);
+        }
         state.channels.publish(
             &key,
             Publish {
-                frame: frame.into(),
+                frame,
                 except: event.except,
                 from: None,
             },

@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod events;
 pub mod signed;
+pub mod users;
 
 /// The attributes a request asked for with `info=a,b`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,166 @@
+//! The rest of the Pusher surface: sign-in and server-to-user, terminating a user's
+//! connections, cache channels, subscription counts, the sign-in timeout, and graceful
+//! shutdown.
+
+use std::time::Duration;
+
+use bellhop_protocol::{signing, AppKey, Secret, SocketId};
+use serde_json::json;
+
+use crate::api::Api;
+use crate::client::{data, Client};
+use crate::harness::{Setup, KEY, SECRET};
+
+fn signin_frame(c: &Client, user_data: &str) -> serde_json::Value {
+    let auth = signing::sign_user(
+        &AppKey::parse(KEY).unwrap(),
+        &Secret::parse(SECRET).unwrap(),
+        SocketId::parse(&c.socket_id).unwrap(),
+        user_data,
+    );
+    json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
+}
+
+#[tokio::test]
+async fn signin_send_to_user_and_terminate() {
+    let server = Setup::new().start();
+    let api = Api::new(&server);
+    let mut phone = Client::connect(&server).await;
+    let mut tablet = Client::connect(&server).await;
+    let mut other = Client::connect(&server).await;
+    for (c, id) in [
+        (&mut phone, "staff-42"),
+        (&mut tablet, "staff-42"),
+        (&mut other, "staff-7"),
+    ] {
+        let user_data = json!({"id": id, "user_info": {"role": "porter"}}).to_string();
+        let f = signin_frame(c, &user_data);
+        c.send(f).await;
+        let ok = c.expect("pusher:signin_success").await;
+        assert_eq!(ok["data"]["user_data"], user_data);
+        let ch = format!("#server-to-user-{id}");
+        c.subscribe(&ch).await;
+    }
+    // sendToUser is a trigger to #server-to-user-{id}.
+    let r = api
+        .trigger("#server-to-user-staff-42", "shift-change", "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    phone.expect("shift-change").await;
+    tablet.expect("shift-change").await;
+    other.expect_silence().await;
+
+    // A bad sign-in closes with 4009.
+    let mut bad = Client::connect(&server).await;
+    bad.send(json!({"event": "pusher:signin", "data": {"auth": "test-key:00", "user_data": "{\"id\":\"1\"}"}}))
+        .await;
+    bad.expect_refusal(4009).await;
+
+    let r = api
+        .post("users/staff-42/terminate_connections", &json!({}))
+        .await;
+    assert_eq!((r.status, r.body), (200, json!({})));
+    phone.expect_refusal(4009).await;
+    tablet.expect_refusal(4009).await;
+    other
+        .send(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    other.expect("pusher:pong").await;
+}
+
+#[tokio::test]
+async fn cache_channels_replay_the_last_event_or_say_miss() {
+    let server = Setup::new().start();
+    let api = Api::new(&server);
+    let mut first = Client::connect(&server).await;
+    first.subscribe("cache-menu").await;
+    let miss = first.expect("pusher:cache_miss").await;
+    assert_eq!(miss["channel"], "cache-menu");
+    api.trigger("cache-menu", "menu-updated", "v1").await;
+    api.trigger("cache-menu", "menu-updated", "v2").await;
+    first.expect("menu-updated").await;
+    first.expect("menu-updated").await;
+    // Everyone leaves; the cache outlives the channel.
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = Client::connect(&server).await;
+    late.subscribe("cache-menu").await;
+    let ev = late.expect("menu-updated").await;
+    assert_eq!(ev["data"], "v2");
+    // Private cache channels work the same.
+    late.subscribe("private-cache-orders").await;
+    late.expect("pusher:cache_miss").await;
+}
+
+#[tokio::test]
+async fn subscription_count_is_sent_debounced_when_enabled() {
+    let server = Setup::new()
+        .env("BELLHOP_APP_SUBSCRIPTION_COUNT", "true")
+        .start();
+    let mut a = Client::connect(&server).await;
+    a.subscribe("counted").await;
+    let mut b = Client::connect(&server).await;
+    b.subscribe("counted").await;
+    let mut c = Client::connect(&server).await;
+    c.subscribe("counted").await;
+    // One event for the burst of joins, with the settled count.
+    let ev = a.wait_for("pusher_internal:subscription_count").await;
+    assert_eq!(data(&ev), json!({"subscription_count": 3}));
+    a.expect_silence().await;
+    c.close().await;
+    let ev = a.wait_for("pusher_internal:subscription_count").await;
+    assert_eq!(data(&ev), json!({"subscription_count": 2}));
+
+    // Off by default.
+    let quiet = Setup::new().start();
+    let mut q = Client::connect(&quiet).await;
+    q.subscribe("counted").await;
+    let mut r = Client::connect(&quiet).await;
+    r.subscribe("counted").await;
+    if let Some(ev) = q.next_within(Duration::from_millis(1500)).await {
+        panic!("unexpected {ev:?}");
+    }
+}
+
+#[tokio::test]
+async fn apps_requiring_signin_close_silent_sockets() {
+    let server = Setup::new().env("BELLHOP_APP_SIGNIN_TIMEOUT", "1").start();
+    let mut anon = Client::connect(&server).await;
+    let mut user = Client::connect(&server).await;
+    let f = signin_frame(&user, r#"{"id":"9"}"#);
+    user.send(f).await;
+    user.expect("pusher:signin_success").await;
+    anon.expect_refusal(4009).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    user.send(json!({"event": "pusher:ping", "data": {}})).await;
+    user.expect("pusher:pong").await;
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_and_moves_clients_with_4200() {
+    let mut server = Setup::new().env("BELLHOP_SHUTDOWN_GRACE_SECS", "5").start();
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(server.http("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(&server).await;
+        c.subscribe("lobby").await;
+        clients.push(c);
+    }
+    server.terminate();
+    for c in &mut clients {
+        c.expect_refusal(4200).await;
+    }
+    assert_eq!(
+        server.wait_exit(10),
+        Some(true),
+        "bellhop exits cleanly after SIGTERM"
+    );
+}
