@@ -32,7 +32,7 @@ for row in "${MATRIX[@]}"; do
   name="${row%%|*}"; args="${row#*|}"
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " =~ " $name " ]]; then continue; fi
   for i in $(seq 1 "$REPEATS"); do
-    BELLHOP_PORT=$PORT BELLHOP_APP_CLIENT_EVENTS=true BELLHOP_WORKERS=1 BELLHOP_LOG=warn \
+    BELLHOP_PORT=$PORT BELLHOP_METRICS_PORT=0 BELLHOP_APP_CLIENT_EVENTS=true BELLHOP_WORKERS=1 BELLHOP_LOG=warn \
       taskset -c 0 "$SERVER" >/dev/null 2>&1 &
     pid=$!
     for _ in $(seq 1 50); do

@@ -150,25 +150,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let data = state.clone();
-    let server =
-        HttpServer::new(move || WebApp::new().app_data(data.clone()).configure(http::routes))
-            .on_connect(|conn, _| {
-                // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
-                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                    let _ = tcp.set_nodelay(true);
-                }
-            })
-            .workers(threads(config.server.workers))
-            .backlog(4096)
-            .max_connections(200_000)
-            .shutdown_timeout(5)
-            .disable_signals()
-            .client_request_timeout(Duration::from_secs(10))
-            .bind(&addr)
-            .map_err(|source| RunError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+    let server = HttpServer::new(move || {
+        WebApp::new()
+            .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(http::metrics::observe_api))
+            .configure(http::routes)
+    })
+    .on_connect(|conn, _| {
+        // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
+    .workers(threads(config.server.workers))
+    .backlog(4096)
+    .max_connections(200_000)
+    .shutdown_timeout(5)
+    .disable_signals()
+    .client_request_timeout(Duration::from_secs(10))
+    .bind(&addr)
+    .map_err(|source| RunError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
     let bound: Vec<SocketAddr> = server.addrs();
     for a in &bound {
         tracing::info!(addr = %a, apps = state.apps.all().len(), "bellhop listening");
@@ -176,10 +180,32 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         // the OS (BELLHOP_PORT=0).
         println!("listening http://{a}");
     }
+    let metrics_addr = format!("{}:{}", cfg.metrics_host, cfg.metrics_port);
+    let metrics_data = state.clone();
+    let metrics = HttpServer::new(move || {
+        WebApp::new()
+            .app_data(metrics_data.clone())
+            .route("/metrics", web::get().to(http::metrics::scrape))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(&metrics_addr)
+    .map_err(|source| RunError::Bind {
+        addr: metrics_addr.clone(),
+        source,
+    })?;
+    for a in metrics.addrs() {
+        tracing::info!(addr = %a, "metrics listening");
+        println!("metrics http://{a}/metrics");
+    }
+    let metrics = metrics.run();
+    let metrics_handle = metrics.handle();
+    actix_web::rt::spawn(metrics);
     let _ = std::io::stdout().flush();
     let server = server.run();
     actix_web::rt::spawn(shutdown_on_signal(state.clone(), server.handle()));
     let result = server.await.map_err(RunError::Serve);
+    metrics_handle.stop(true).await;
     // Jobs in flight finish; queued ones stay in the store for the next worker.
     let _ = stop_workers.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), workers).await;

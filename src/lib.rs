@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod webhooks;

@@ -15,6 +15,7 @@ use super::messages::{ListMembers, Member, Publish, Subscribe, Unsubscribe};
 use super::presence::{Change, Members};
 use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
 use crate::connection::Outbox;
+use crate::metrics::AppMetrics;
 use crate::webhooks::{Observed, WebhookEvent};
 
 struct Subscriber {
@@ -38,6 +39,7 @@ pub struct ChannelActor {
     count_events: bool,
     count_pending: bool,
     count_sent: Option<u64>,
+    metrics: AppMetrics,
 }
 
 impl ChannelActor {
@@ -49,6 +51,7 @@ impl ChannelActor {
         observer: Option<Recipient<Observed>>,
     ) -> Self {
         Self {
+            metrics: AppMetrics::for_app(key.app.as_str()),
             observer,
             count_events: false,
             count_pending: false,
@@ -63,13 +66,27 @@ impl ChannelActor {
         }
     }
 
+    /// Queues a frame for one subscriber (answers, cached events), counted like fan-out.
+    fn send_to(&self, outbox: &Outbox, frame: ByteString) {
+        let len = frame.len() as u64;
+        if outbox.push(frame).is_ok() {
+            self.metrics.messages_sent.inc();
+            self.metrics.bytes_sent.inc_by(len);
+        }
+    }
+
     fn broadcast(&self, frame: &ByteString, except: Option<SocketId>) {
+        let mut sent = 0u64;
         for (id, sub) in &self.subscribers {
             if Some(*id) != except {
                 // A full outbox closes its own connection (4100); the channel moves on.
-                let _ = sub.outbox.push(frame.clone());
+                if sub.outbox.push(frame.clone()).is_ok() {
+                    sent += 1;
+                }
             }
         }
+        self.metrics.messages_sent.inc_by(sent);
+        self.metrics.bytes_sent.inc_by(sent * frame.len() as u64);
     }
 
     fn observe(&self, event: WebhookEvent) {
@@ -120,11 +137,9 @@ impl ChannelActor {
     fn send_cached(&self, outbox: &Outbox) {
         let cached = self.registry.upgrade().and_then(|r| r.cached(&self.key));
         match cached {
-            Some(frame) => {
-                let _ = outbox.push(frame);
-            }
+            Some(frame) => self.send_to(outbox, frame),
             None => {
-                let _ = outbox.push(server::cache_miss(self.key.name.as_str()).into());
+                self.send_to(outbox, server::cache_miss(self.key.name.as_str()).into());
                 self.observe(WebhookEvent::CacheMiss {
                     channel: self.channel(),
                 });
@@ -137,7 +152,7 @@ impl ChannelActor {
         let channel = self.key.name.as_str();
         if let Some(existing) = self.subscribers.get(&msg.socket_id) {
             // A repeated subscribe from the same socket is answered again, changing nothing.
-            let _ = existing.outbox.push(self.succeeded_frame());
+            self.send_to(&existing.outbox, self.succeeded_frame());
             return;
         }
         let user = match msg.member {
@@ -152,7 +167,7 @@ impl ChannelActor {
                         ),
                         400,
                     );
-                    let _ = msg.outbox.push(frame.into());
+                    self.send_to(&msg.outbox, frame.into());
                     return;
                 }
                 if self.subscribers.is_empty() {
@@ -161,6 +176,7 @@ impl ChannelActor {
                     });
                 }
                 if self.members.join(user_id.clone(), user_info.clone()) == Change::First {
+                    self.metrics.presence_members.inc();
                     let frame = server::member_added(channel, user_id.as_str(), &user_info);
                     self.broadcast(&frame.into(), None);
                     self.observe(WebhookEvent::MemberAdded {
@@ -172,7 +188,7 @@ impl ChannelActor {
             }
             None => None,
         };
-        let _ = msg.outbox.push(self.succeeded_frame());
+        self.send_to(&msg.outbox, self.succeeded_frame());
         if self.key.name.is_cache() {
             self.send_cached(&msg.outbox);
         }
@@ -208,6 +224,7 @@ impl ChannelActor {
         };
         if let Some(user) = sub.user {
             if self.members.leave(&user) == Some(Change::First) {
+                self.metrics.presence_members.dec();
                 let frame = server::member_removed(self.key.name.as_str(), user.as_str());
                 self.broadcast(&frame.into(), None);
                 self.observe(WebhookEvent::MemberRemoved {
@@ -237,6 +254,15 @@ impl ChannelActor {
 // publisher or a connection.
 impl Actor for ChannelActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.metrics.channels.inc();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.metrics.channels.dec();
+        self.metrics.presence_members.sub(self.members.len() as i64);
+    }
 }
 
 impl Handler<Subscribe> for ChannelActor {

@@ -102,6 +102,9 @@ pub struct ServerConfig {
     pub webhook_timeout_ms: u64,
     /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
     pub job_lease_secs: u64,
+    /// Where Prometheus scrapes `/metrics` (a separate listener, loopback by default).
+    pub metrics_host: String,
+    pub metrics_port: u16,
     /// On SIGTERM/SIGINT: the time allowed for telling clients to reconnect elsewhere.
     pub shutdown_grace_secs: u64,
     /// Connections told to reconnect per 100 ms during shutdown, so a fleet does not
@@ -130,6 +133,8 @@ impl Default for ServerConfig {
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
             job_lease_secs: 60,
+            metrics_host: "127.0.0.1".into(),
+            metrics_port: 9601,
             shutdown_grace_secs: 10,
             shutdown_batch: 500,
         }
@@ -377,6 +382,12 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
             s.job_lease_secs = v;
         }
+        if let Some(v) = source.var("BELLHOP_METRICS_HOST").filter(|v| !v.is_empty()) {
+            s.metrics_host = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_METRICS_PORT", "expected a port number")? {
+            s.metrics_port = v;
+        }
         if let Some(v) = env_parse(source, "BELLHOP_SHUTDOWN_GRACE_SECS", NUM)? {
             s.shutdown_grace_secs = v;
         }
@@ -468,6 +479,11 @@ impl Config {
                     "database_url must start with sqlite: or postgres://",
                 ));
             }
+        }
+        if s.metrics_host.parse::<IpAddr>().is_err() {
+            return Err(ConfigError::Server(
+                "server.metrics_host must be an IP address",
+            ));
         }
         if s.shutdown_batch == 0 {
             return Err(ConfigError::Server("shutdown_batch must be at least 1"));

@@ -30,6 +30,7 @@ pub use writer::Writer;
 use crate::apps::{App, ConnectionSlot};
 use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
 use crate::channel::{ChannelActor, ChannelKey};
+use crate::metrics::{AppMetrics, METRICS};
 use crate::state::ServerState;
 use crate::webhooks::{Observed, WebhookEvent};
 use dispatch::{authorize_subscription, check_client_event, RateLimit};
@@ -47,6 +48,7 @@ pub struct Connection {
     subscriptions: HashMap<ChannelName, Subscription>,
     user: Option<UserId>,
     rate: RateLimit,
+    metrics: AppMetrics,
     _slot: ConnectionSlot,
 }
 
@@ -61,7 +63,11 @@ impl Connection {
         state
             .connections
             .add(socket_id, app.id.clone(), outbox.clone());
+        let app_label = [app.id.as_str()];
+        METRICS.connected.with_label_values(&app_label).inc();
+        METRICS.new_connections.with_label_values(&app_label).inc();
         Self {
+            metrics: AppMetrics::for_app(app.id.as_str()),
             state,
             app,
             socket_id,
@@ -74,6 +80,8 @@ impl Connection {
     }
 
     fn send(&self, frame: String) {
+        self.metrics.messages_sent.inc();
+        self.metrics.bytes_sent.inc_by(frame.len() as u64);
         // Overflow marks the outbox closed; the run loop then closes the socket with 4100.
         let _ = self.outbox.push(ByteString::from(frame));
     }
@@ -280,6 +288,8 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
                 awaiting_pong = false;
                 match msg {
                     Some(Ok(AggregatedMessage::Text(text))) => {
+                        conn.metrics.messages_received.inc();
+                        conn.metrics.bytes_received.inc_by(text.len() as u64);
                         if let Some(close) = conn.on_text(&text) {
                             break Some(close);
                         }
@@ -327,6 +337,9 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
     conn.state
         .connections
         .remove(conn.socket_id, conn.user.as_ref());
+    let app_label = [conn.app.id.as_str()];
+    METRICS.connected.with_label_values(&app_label).dec();
+    METRICS.disconnections.with_label_values(&app_label).inc();
     if let Some(close) = close {
         conn.outbox.close(close);
     }

@@ -4,6 +4,7 @@ mod admin;
 pub mod api;
 pub mod error;
 mod health;
+pub mod metrics;
 mod ws;
 
 use actix_web::web;

@@ -13,6 +13,7 @@ pub const SECRET: &str = "test-secret";
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -63,6 +64,7 @@ impl Server {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BELLHOP_HOST", "127.0.0.1")
             .env("BELLHOP_PORT", "0")
+            .env("BELLHOP_METRICS_PORT", "0")
             .env("BELLHOP_WORKERS", "1")
             .env("BELLHOP_LOG", "warn")
             .env(
@@ -82,14 +84,20 @@ impl Server {
         let mut child = cmd.spawn().expect("bellhop binary starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let (mtx, mrx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(addr) = line.strip_prefix("listening http://") {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
+                if let Some(rest) = line.strip_prefix("metrics http://") {
+                    let addr = rest.trim_end_matches("/metrics");
+                    let _ = mtx.send(addr.parse::<SocketAddr>().unwrap());
+                }
             }
         });
+        let metrics_addr = mrx.recv_timeout(Duration::from_secs(20)).ok();
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a,
             Err(_) => {
@@ -100,6 +108,7 @@ impl Server {
         Server {
             child,
             addr,
+            metrics_addr,
             _dir: dir,
         }
     }

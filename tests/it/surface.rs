@@ -164,3 +164,67 @@ async fn sigterm_fails_readiness_and_moves_clients_with_4200() {
         "bellhop exits cleanly after SIGTERM"
     );
 }
+
+/// Parses the Prometheus text format into (series with labels, value).
+fn scrape_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_on_their_own_port() {
+    let server = Setup::new().start();
+    let api = Api::new(&server);
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.subscribe("hotel-1").await;
+    b.subscribe_presence("presence-desk", "5", json!({})).await;
+    b.subscribe("hotel-1").await;
+    assert_eq!(api.trigger("hotel-1", "e", "x").await.status, 200);
+    a.expect("e").await;
+    b.expect("e").await;
+    let bad = Api::for_app(&server, "100", KEY, "wrong");
+    assert_eq!(bad.trigger("hotel-1", "e", "x").await.status, 401);
+
+    let url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let m = scrape_metrics(&text);
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(get(r#"bellhop_connected{app_id="100"}"#), 2.0);
+    assert_eq!(get(r#"bellhop_new_connections_total{app_id="100"}"#), 2.0);
+    assert_eq!(get(r#"bellhop_channels{app_id="100"}"#), 2.0);
+    assert_eq!(get(r#"bellhop_presence_members{app_id="100"}"#), 1.0);
+    assert!(get(r#"bellhop_ws_messages_received_total{app_id="100"}"#) >= 3.0);
+    assert!(get(r#"bellhop_ws_messages_sent_total{app_id="100"}"#) >= 7.0);
+    assert!(get(r#"bellhop_socket_transmitted_bytes{app_id="100"}"#) > 100.0);
+    assert_eq!(
+        get(
+            r#"bellhop_http_calls_received_total{app_id="100",endpoint="/apps/{app_id}/events",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            r#"bellhop_http_calls_received_total{app_id="100",endpoint="/apps/{app_id}/events",status="401"}"#
+        ),
+        1.0
+    );
+    assert!(m.contains_key(r#"bellhop_jobs{state="pending"}"#));
+    // The API port does not serve metrics.
+    let r = reqwest::get(server.http("/metrics")).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    a.close().await;
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = scrape_metrics(&reqwest::get(&url).await.unwrap().text().await.unwrap());
+    assert_eq!(m[r#"bellhop_connected{app_id="100"}"#], 0.0);
+    assert_eq!(m[r#"bellhop_new_disconnections_total{app_id="100"}"#], 2.0);
+    assert_eq!(m[r#"bellhop_channels{app_id="100"}"#], 0.0);
+    assert_eq!(m[r#"bellhop_presence_members{app_id="100"}"#], 0.0);
+}

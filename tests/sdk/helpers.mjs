@@ -58,6 +58,7 @@ export async function startBellhop({ env = {}, startTimeoutMs = 15000 } = {}) {
       BELLHOP_DATA_DIR: dataDir,
       BELLHOP_HOST: '127.0.0.1',
       BELLHOP_PORT: '0',
+      BELLHOP_METRICS_PORT: '0',
       BELLHOP_APP_ID: app.appId,
       BELLHOP_APP_KEY: app.key,
       BELLHOP_APP_SECRET: app.secret,
