@@ -139,22 +139,6 @@ impl Store {
         &self.url
     }
 
-    /// A store that connects only when first used, for tests that never use it.
-    #[cfg(test)]
-    pub(crate) fn lazy_for_tests() -> Self {
-        sqlx::any::install_default_drivers();
-        // unwrap: a constant, valid URL; connect_lazy does no IO.
-        let pool = AnyPoolOptions::new()
-            .connect_lazy("sqlite::memory:")
-            .unwrap();
-        Self {
-            pool,
-            dialect: Dialect::Sqlite,
-            url: "sqlite::memory:".into(),
-            enqueued: Arc::new(Notify::new()),
-        }
-    }
-
     /// Whether the store answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -131,32 +131,16 @@ struct AppBuffer {
     delayed: HashMap<(String, Option<String>), (Instant, WebhookEvent)>,
 }
 
-pub struct WebhookBatcher {
-    apps: Arc<AppDirectory>,
-    store: Store,
+/// The delay-and-cancel and batching rules, apart from the actor so they can be tested
+/// without a store.
+struct Buffers {
     delay: Duration,
-    flush_every: Duration,
-    buffers: HashMap<AppId, AppBuffer>,
+    apps: HashMap<AppId, AppBuffer>,
 }
 
-impl WebhookBatcher {
-    pub fn new(
-        apps: Arc<AppDirectory>,
-        store: Store,
-        delay: Duration,
-        flush_every: Duration,
-    ) -> Self {
-        Self {
-            apps,
-            store,
-            delay,
-            flush_every,
-            buffers: HashMap::new(),
-        }
-    }
-
+impl Buffers {
     fn observe(&mut self, app: AppId, event: WebhookEvent, now: Instant) {
-        let buf = self.buffers.entry(app).or_default();
+        let buf = self.apps.entry(app).or_default();
         let Some(key) = event.pair_key() else {
             buf.ready.push(event);
             return;
@@ -172,14 +156,17 @@ impl WebhookBatcher {
     /// Moves due leaves to ready and takes every app's ready events.
     fn take_due(&mut self, now: Instant) -> Vec<(AppId, Vec<WebhookEvent>)> {
         let mut out = Vec::new();
-        for (app, buf) in &mut self.buffers {
-            let due: Vec<_> = buf
+        for (app, buf) in &mut self.apps {
+            // Due leaves go out in the order they happened (member_removed before the
+            // channel_vacated that followed it).
+            let mut due: Vec<_> = buf
                 .delayed
                 .iter()
                 .filter(|(_, (at, _))| *at <= now)
-                .map(|(k, _)| k.clone())
+                .map(|(k, (at, _))| (*at, k.clone()))
                 .collect();
-            for k in due {
+            due.sort_by_key(|(at, _)| *at);
+            for (_, k) in due {
                 if let Some((_, ev)) = buf.delayed.remove(&k) {
                     buf.ready.push(ev);
                 }
@@ -188,13 +175,39 @@ impl WebhookBatcher {
                 out.push((app.clone(), std::mem::take(&mut buf.ready)));
             }
         }
-        self.buffers
+        self.apps
             .retain(|_, b| !b.ready.is_empty() || !b.delayed.is_empty());
         out
     }
+}
+
+pub struct WebhookBatcher {
+    apps: Arc<AppDirectory>,
+    store: Store,
+    flush_every: Duration,
+    buffers: Buffers,
+}
+
+impl WebhookBatcher {
+    pub fn new(
+        apps: Arc<AppDirectory>,
+        store: Store,
+        delay: Duration,
+        flush_every: Duration,
+    ) -> Self {
+        Self {
+            apps,
+            store,
+            flush_every,
+            buffers: Buffers {
+                delay,
+                apps: HashMap::new(),
+            },
+        }
+    }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let due = self.take_due(Instant::now());
+        let due = self.buffers.take_due(Instant::now());
         if due.is_empty() {
             return;
         }
@@ -267,7 +280,7 @@ impl Handler<Observed> for WebhookBatcher {
             .by_id(msg.app.as_str())
             .is_some_and(|a| a.webhooks.iter().any(|t| t.wants(msg.event.kind())));
         if wanted || msg.event.pair_key().is_some() {
-            self.observe(msg.app, msg.event, Instant::now());
+            self.buffers.observe(msg.app, msg.event, Instant::now());
         }
     }
 }
@@ -283,13 +296,11 @@ mod tests {
         WebhookEvent::ChannelVacated { channel: c.into() }
     }
 
-    fn batcher() -> WebhookBatcher {
-        WebhookBatcher::new(
-            Arc::new(AppDirectory::default()),
-            Store::lazy_for_tests(),
-            Duration::from_secs(3),
-            Duration::from_secs(1),
-        )
+    fn batcher() -> Buffers {
+        Buffers {
+            delay: Duration::from_secs(3),
+            apps: HashMap::new(),
+        }
     }
 
     #[test]
@@ -300,7 +311,7 @@ mod tests {
         b.observe(app.clone(), occupied("a"), t0);
         b.observe(app.clone(), vacated("a"), t0);
         b.observe(app.clone(), occupied("a"), t0 + Duration::from_secs(1));
-        let buf = &b.buffers[&app];
+        let buf = &b.apps[&app];
         assert_eq!(buf.ready, vec![occupied("a")]);
         assert!(buf.delayed.is_empty());
     }
