@@ -36,6 +36,7 @@ pub struct App {
     pub subscription_count: bool,
     pub signin_timeout: Option<std::time::Duration>,
     pub cache_ttl: std::time::Duration,
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,7 @@ impl App {
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),
             cache_ttl: std::time::Duration::from_secs(c.cache_ttl_secs),
+            allowed_origins: c.allowed_origins.clone(),
             id: AppId::parse(&c.id)?,
             key: AppKey::parse(&c.key)?,
             secrets: vec![Secret::parse(&c.secret)?],
@@ -92,6 +94,26 @@ impl App {
     }
 
     /// The secret new signatures are made with.
+    /// Whether a WebSocket from `origin` may connect. With no list, any origin may; with a
+    /// list, a request without an Origin header (not a browser) may too.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        self.allowed_origins.is_empty()
+            || self.allowed_origins.iter().any(|allowed| {
+                allowed == "*"
+                    || allowed == origin
+                    || allowed.strip_prefix("*.").is_some_and(|domain| {
+                        origin
+                            .split_once("://")
+                            .map_or(origin, |(_, host)| host)
+                            .strip_suffix(domain)
+                            .is_some_and(|sub| sub.ends_with('.'))
+                    })
+            })
+    }
+
     /// Whether any webhook target wants events of `kind`.
     pub fn wants_webhook(&self, kind: &str) -> bool {
         self.webhooks.iter().any(|w| w.wants(kind))
@@ -204,6 +226,21 @@ mod tests {
         assert!(dir.admit(&app).is_none());
         drop(a);
         assert!(dir.admit(&app).is_some());
+    }
+
+    #[test]
+    fn origins() {
+        let mut c = AppConfig::new("1", "k", "s");
+        let open = App::from_config(&c).unwrap();
+        assert!(open.allows_origin(Some("https://anything.example")));
+        c.allowed_origins = vec!["https://app.hotel.com".into(), "*.staff.hotel.com".into()];
+        let app = App::from_config(&c).unwrap();
+        assert!(app.allows_origin(Some("https://app.hotel.com")));
+        assert!(app.allows_origin(Some("https://porter.staff.hotel.com")));
+        assert!(!app.allows_origin(Some("https://staff.hotel.com.evil.io")));
+        assert!(!app.allows_origin(Some("https://evilstaff.hotel.com")));
+        assert!(!app.allows_origin(Some("http://app.hotel.com")));
+        assert!(app.allows_origin(None));
     }
 
     #[test]

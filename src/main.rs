@@ -42,6 +42,25 @@ enum Command {
     CheckConfig,
     /// Create or update the store's tables (the server also does this at start-up).
     Migrate,
+    /// Sign and send an event to a running server through its HTTP API.
+    Trigger {
+        /// Channel to publish on.
+        channel: String,
+        /// Event name.
+        event: String,
+        /// Event data (a string; JSON is passed through as text).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Server base URL; default: the configured host and port.
+        #[arg(long)]
+        url: Option<String>,
+        /// App id; default: the first configured app (with its key and secret).
+        #[arg(long)]
+        app_id: Option<String>,
+        /// Socket id to exclude from delivery.
+        #[arg(long)]
+        socket_id: Option<String>,
+    },
     /// Inspect and manage the durable job queue (webhooks, notifications).
     Jobs {
         #[command(subcommand)]
@@ -65,6 +84,57 @@ enum JobsAction {
     Retry { id: i64 },
     /// Delete a dead job.
     Drop { id: i64 },
+}
+
+async fn trigger(
+    config: Config,
+    channel: String,
+    event: String,
+    data: String,
+    url: Option<String>,
+    app_id: Option<String>,
+    socket_id: Option<String>,
+) -> anyhow::Result<()> {
+    use bellhop_protocol::{signing, Secret};
+    let app = match &app_id {
+        Some(id) => config.apps.iter().find(|a| &a.id == id),
+        None => config.apps.first(),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no configured app {}", app_id.unwrap_or_default()))?;
+    let base =
+        url.unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
+    let mut body = serde_json::json!({"name": event, "channel": channel, "data": data});
+    if let Some(s) = socket_id {
+        body["socket_id"] = s.into();
+    }
+    let body = body.to_string();
+    let path = format!("/apps/{}/events", app.id);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .to_string();
+    let md5 = signing::body_md5(body.as_bytes());
+    let params = [
+        ("auth_key", app.key.as_str()),
+        ("auth_timestamp", ts.as_str()),
+        ("auth_version", "1.0"),
+        ("body_md5", md5.as_str()),
+    ];
+    let sig = signing::sign_api(&Secret::parse(&app.secret)?, "POST", &path, params);
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let full = format!("{base}{path}?{}&auth_signature={sig}", query.join("&"));
+    let resp = reqwest::Client::new()
+        .post(&full)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{status}: {text}");
+    println!("{status} {text}");
+    Ok(())
 }
 
 async fn jobs(config: Config, action: Option<JobsAction>) -> anyhow::Result<()> {
@@ -145,6 +215,16 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Trigger {
+            channel,
+            event,
+            data,
+            url,
+            app_id,
+            socket_id,
+        } => actix_web::rt::System::new().block_on(trigger(
+            config, channel, event, data, url, app_id, socket_id,
+        )),
         Command::Migrate => actix_web::rt::System::new().block_on(jobs(config, None)),
         Command::Jobs { action } => {
             actix_web::rt::System::new().block_on(jobs(config, Some(action)))

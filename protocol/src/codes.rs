@@ -35,6 +35,7 @@ pub enum ErrorCode {
     ClosedAfterInactivity = 4202,
     GenericError = 4300,
     ClientEventRateLimit = 4301,
+    WatchlistLimit = 4302,
 }
 
 impl ErrorCode {
@@ -61,6 +62,9 @@ impl ErrorCode {
             Self::ClosedAfterInactivity => "Closed after inactivity",
             Self::GenericError => "Generic error",
             Self::ClientEventRateLimit => "Client event rejected due to rate limit",
+            Self::WatchlistLimit => {
+                "Watchlist limit exceeded. Only the first 100 user IDs are accepted."
+            }
         }
     }
 

@@ -203,6 +203,24 @@ pub fn subscription_count(channel: &str, count: u64) -> String {
     )
 }
 
+/// `pusher_internal:watchlist_events`: users of a signed-in user's watchlist went online or
+/// offline (`name` is `online` or `offline`).
+pub fn watchlist_events(name: &str, user_ids: &[&str]) -> String {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        name: &'a str,
+        user_ids: &'a [&'a str],
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        events: [Event<'a>; 1],
+    }
+    let data = stringified(&Data {
+        events: [Event { name, user_ids }],
+    });
+    encode("pusher_internal:watchlist_events", None, &data, None)
+}
+
 /// Why a subscription was refused; `kind` is the `type` pusher-js reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionErrorKind {
@@ -292,7 +310,7 @@ mod tests {
     #[test]
     fn presence_success_lists_members() {
         let info = RawValue::from_string(r#"{"name":"Ann"}"#.into()).unwrap();
-        let members = vec![("1", &*info)];
+        let members = [("1", &*info)];
         let f = parse(&presence_subscription_succeeded(
             "presence-a",
             members.iter().copied(),
@@ -339,6 +357,17 @@ mod tests {
         assert_eq!(
             parse(&subscription_count("a", 12)),
             json!({"event":"pusher_internal:subscription_count","channel":"a","data":"{\"subscription_count\":12}"})
+        );
+    }
+
+    #[test]
+    fn watchlist_event_shape() {
+        let f = parse(&watchlist_events("online", &["1", "2"]));
+        assert_eq!(f["event"], "pusher_internal:watchlist_events");
+        let data: Value = serde_json::from_str(f["data"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            data,
+            json!({"events":[{"name":"online","user_ids":["1","2"]}]})
         );
     }
 

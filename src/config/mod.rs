@@ -186,6 +186,10 @@ pub struct AppConfig {
     /// How long a cache channel keeps its last event.
     #[serde(default = "d_cache_ttl")]
     pub cache_ttl_secs: u64,
+    /// Origins allowed to open WebSockets (exact, or `*.example.com` for subdomains);
+    /// empty allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn d_cache_ttl() -> u64 {
@@ -237,6 +241,7 @@ impl AppConfig {
             subscription_count: false,
             signin_timeout_secs: None,
             cache_ttl_secs: d_cache_ttl(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -412,6 +417,12 @@ impl Config {
         let max_conn: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_CONNECTIONS", NUM)?;
         let sub_count: Option<bool> = env_parse(source, "BELLHOP_APP_SUBSCRIPTION_COUNT", BOOL)?;
         let signin: Option<u64> = env_parse(source, "BELLHOP_APP_SIGNIN_TIMEOUT", NUM)?;
+        let origins = source.var("BELLHOP_APP_ALLOWED_ORIGINS").map(|v| {
+            v.split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect::<Vec<_>>()
+        });
         let webhooks = match source.var("BELLHOP_APP_WEBHOOKS").filter(|v| !v.trim().is_empty()) {
             None => None,
             Some(v) => Some(
@@ -453,6 +464,9 @@ impl Config {
             }
             if signin.is_some() {
                 app.signin_timeout_secs = signin;
+            }
+            if let Some(o) = origins {
+                app.allowed_origins = o;
             }
             self.apps.insert(0, app);
         }

@@ -40,6 +40,9 @@ struct Subscription {
     user: Option<UserId>,
 }
 
+/// Pusher accepts the first 100 user ids of a watchlist.
+const MAX_WATCHLIST: usize = 100;
+
 pub struct Connection {
     state: Arc<ServerState>,
     app: Arc<App>,
@@ -172,6 +175,8 @@ impl Connection {
         #[derive(serde::Deserialize)]
         struct UserData {
             id: String,
+            #[serde(default)]
+            watchlist: Vec<String>,
         }
         let verified = signing::verify_user(
             &self.app.key,
@@ -180,22 +185,35 @@ impl Connection {
             user_data,
             auth,
         );
+        let max_id = self.app.limits.max_presence_user_id_len;
         let parsed = serde_json::from_str::<UserData>(user_data)
             .ok()
-            .and_then(|d| UserId::parse(&d.id, self.app.limits.max_presence_user_id_len).ok());
+            .and_then(|d| {
+                let user = UserId::parse(&d.id, max_id).ok()?;
+                Some((user, d.watchlist))
+            });
         match (verified, parsed) {
-            (Ok(()), Some(user)) => {
+            (Ok(()), Some((user, watchlist))) => {
                 if self.user.as_ref().is_some_and(|u| u != &user) {
                     return Some(CloseRequest::Pusher(
                         ErrorCode::Unauthorized,
                         "socket is already signed in as another user".into(),
                     ));
                 }
+                self.send(server::signin_success(user_data));
+                if watchlist.len() > MAX_WATCHLIST {
+                    let code = ErrorCode::WatchlistLimit;
+                    self.error(code, code.message());
+                }
+                let watchlist = watchlist
+                    .iter()
+                    .take(MAX_WATCHLIST)
+                    .filter_map(|w| UserId::parse(w, max_id).ok())
+                    .collect();
                 self.state
                     .connections
-                    .signed_in(self.socket_id, &self.app.id, &user);
+                    .signed_in(self.socket_id, &self.app.id, &user, watchlist);
                 self.user = Some(user);
-                self.send(server::signin_success(user_data));
                 None
             }
             (Err(e), _) => Some(CloseRequest::Pusher(

@@ -4,7 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bellhop_protocol::{AppId, SocketId, UserId};
+use bellhop_protocol::{server, AppId, SocketId, UserId};
+use bytestring::ByteString;
 use parking_lot::Mutex;
 
 use super::outbox::{CloseRequest, Outbox};
@@ -18,6 +19,25 @@ pub struct Connections {
 struct Inner {
     sockets: HashMap<SocketId, (AppId, Outbox)>,
     users: HashMap<(AppId, UserId), HashSet<SocketId>>,
+    /// Watched user → the sockets whose watchlist names them.
+    watchers: HashMap<(AppId, UserId), HashSet<SocketId>>,
+    /// Socket → the users it watches, to undo the above when it closes.
+    watching: HashMap<SocketId, Vec<UserId>>,
+}
+
+impl Inner {
+    /// Tells everyone watching `user` that they went online or offline.
+    fn notify_watchers(&self, app: &AppId, user: &UserId, name: &str) {
+        let Some(ids) = self.watchers.get(&(app.clone(), user.clone())) else {
+            return;
+        };
+        let frame = ByteString::from(server::watchlist_events(name, &[user.as_str()]));
+        for id in ids {
+            if let Some((_, outbox)) = self.sockets.get(id) {
+                let _ = outbox.push(frame.clone());
+            }
+        }
+    }
 }
 
 impl Connections {
@@ -25,29 +45,71 @@ impl Connections {
         self.inner.lock().sockets.insert(socket_id, (app, outbox));
     }
 
-    /// Forgets a connection (and its signed-in user, if any).
+    /// Forgets a connection (and its signed-in user, if any). The user's watchers hear
+    /// `offline` when this was the user's last socket.
     pub fn remove(&self, socket_id: SocketId, user: Option<&UserId>) {
         let mut inner = self.inner.lock();
-        if let Some((app, _)) = inner.sockets.remove(&socket_id) {
-            if let Some(user) = user {
-                let key = (app, user.clone());
-                if let Some(set) = inner.users.get_mut(&key) {
-                    set.remove(&socket_id);
-                    if set.is_empty() {
-                        inner.users.remove(&key);
-                    }
+        let Some((app, _)) = inner.sockets.remove(&socket_id) else {
+            return;
+        };
+        for watched in inner.watching.remove(&socket_id).unwrap_or_default() {
+            let key = (app.clone(), watched);
+            if let Some(set) = inner.watchers.get_mut(&key) {
+                set.remove(&socket_id);
+                if set.is_empty() {
+                    inner.watchers.remove(&key);
+                }
+            }
+        }
+        if let Some(user) = user {
+            let key = (app.clone(), user.clone());
+            if let Some(set) = inner.users.get_mut(&key) {
+                set.remove(&socket_id);
+                if set.is_empty() {
+                    inner.users.remove(&key);
+                    inner.notify_watchers(&app, user, "offline");
                 }
             }
         }
     }
 
-    pub fn signed_in(&self, socket_id: SocketId, app: &AppId, user: &UserId) {
-        self.inner
-            .lock()
-            .users
-            .entry((app.clone(), user.clone()))
-            .or_default()
-            .insert(socket_id);
+    /// Records a sign-in. Watchers of `user` hear `online` if this is the user's first
+    /// socket; the socket itself hears which of its `watchlist` are online now.
+    pub fn signed_in(
+        &self,
+        socket_id: SocketId,
+        app: &AppId,
+        user: &UserId,
+        watchlist: Vec<UserId>,
+    ) {
+        let mut inner = self.inner.lock();
+        let sockets = inner.users.entry((app.clone(), user.clone())).or_default();
+        let first = sockets.is_empty();
+        sockets.insert(socket_id);
+        if first {
+            inner.notify_watchers(app, user, "online");
+        }
+        if watchlist.is_empty() {
+            return;
+        }
+        for watched in &watchlist {
+            inner
+                .watchers
+                .entry((app.clone(), watched.clone()))
+                .or_default()
+                .insert(socket_id);
+        }
+        let online: Vec<&str> = watchlist
+            .iter()
+            .filter(|w| inner.users.contains_key(&(app.clone(), (*w).clone())))
+            .map(|w| w.as_str())
+            .collect();
+        if !online.is_empty() {
+            if let Some((_, outbox)) = inner.sockets.get(&socket_id) {
+                let _ = outbox.push(server::watchlist_events("online", &online).into());
+            }
+        }
+        inner.watching.insert(socket_id, watchlist);
     }
 
     /// Closes every connection of `user` in `app`; returns how many.

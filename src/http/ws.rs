@@ -31,7 +31,11 @@ pub async fn upgrade(
         .max_continuation_size(max);
     let state = state.into_inner();
     let (tx, rx) = outbox(state.config.outbox_capacity);
-    match admit(&state, &key, req.query_string()) {
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    match admit(&state, &key, req.query_string(), origin) {
         Ok((app, slot)) => {
             let conn = Connection::new(state, app, slot, tx);
             actix_web::rt::spawn(connection::run(conn, stream));
@@ -69,6 +73,7 @@ fn admit(
     state: &ServerState,
     key: &str,
     query: &str,
+    origin: Option<&str>,
 ) -> Result<(Arc<App>, ConnectionSlot), ErrorCode> {
     if state
         .shutting_down
@@ -82,6 +87,9 @@ fn admit(
         return Err(ErrorCode::AppDisabled);
     }
     protocol_version(query)?;
+    if !app.allows_origin(origin) {
+        return Err(ErrorCode::Unauthorized);
+    }
     let slot = state
         .apps
         .admit(&app)

@@ -228,3 +228,107 @@ async fn metrics_are_scraped_on_their_own_port() {
     assert_eq!(m[r#"bellhop_channels{app_id="100"}"#], 0.0);
     assert_eq!(m[r#"bellhop_presence_members{app_id="100"}"#], 0.0);
 }
+
+#[tokio::test]
+async fn watchlist_reports_online_and_offline() {
+    let server = Setup::new().start();
+    let mut manager = Client::connect(&server).await;
+    let mut porter = Client::connect(&server).await;
+    // The porter is online before the manager signs in with a watchlist.
+    let f = signin_frame(&porter, r#"{"id":"porter-1"}"#);
+    porter.send(f).await;
+    porter.expect("pusher:signin_success").await;
+    let f = signin_frame(
+        &manager,
+        r#"{"id":"mgr","watchlist":["porter-1","chef-2"]}"#,
+    );
+    manager.send(f).await;
+    manager.expect("pusher:signin_success").await;
+    let ev = manager.expect("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data(&ev),
+        json!({"events": [{"name": "online", "user_ids": ["porter-1"]}]})
+    );
+
+    let mut chef = Client::connect(&server).await;
+    let f = signin_frame(&chef, r#"{"id":"chef-2"}"#);
+    chef.send(f).await;
+    chef.expect("pusher:signin_success").await;
+    let ev = manager.expect("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data(&ev),
+        json!({"events": [{"name": "online", "user_ids": ["chef-2"]}]})
+    );
+
+    chef.close().await;
+    let ev = manager.expect("pusher_internal:watchlist_events").await;
+    assert_eq!(
+        data(&ev),
+        json!({"events": [{"name": "offline", "user_ids": ["chef-2"]}]})
+    );
+
+    // Over 100 ids: the first 100 are kept and 4302 says so.
+    let mut big = Client::connect(&server).await;
+    let ids: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let ud = json!({"id": "big", "watchlist": ids}).to_string();
+    let f = signin_frame(&big, &ud);
+    big.send(f).await;
+    big.expect("pusher:signin_success").await;
+    assert_eq!(big.expect("pusher:error").await["data"]["code"], 4302);
+}
+
+#[tokio::test]
+async fn origins_are_checked_per_app() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = Setup::new()
+        .env(
+            "BELLHOP_APP_ALLOWED_ORIGINS",
+            "https://app.hotel.com, *.staff.hotel.com",
+        )
+        .start();
+    let connect = |origin: &'static str| {
+        let mut req = server.ws_url(KEY).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        async move {
+            let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            ws
+        }
+    };
+    use futures_util::StreamExt;
+    let mut ok = connect("https://porter.staff.hotel.com").await;
+    let first = ok.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(first.contains("pusher:connection_established"));
+    let mut bad = connect("https://evil.example").await;
+    let first = bad.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(first.contains("4009"), "{first}");
+}
+
+#[tokio::test]
+async fn trigger_cli_signs_and_sends() {
+    let server = Setup::new().start();
+    let mut c = Client::connect(&server).await;
+    c.subscribe("ops").await;
+    let url = format!("http://{}", server.addr);
+    let env = [
+        ("BELLHOP_APP_ID", "100"),
+        ("BELLHOP_APP_KEY", KEY),
+        ("BELLHOP_APP_SECRET", SECRET),
+    ];
+    let (ok, out) = crate::harness::run_cli(
+        &["trigger", "ops", "drill", r#"{"floor":3}"#, "--url", &url],
+        &env,
+    );
+    assert!(ok, "{out}");
+    let ev = c.expect("drill").await;
+    assert_eq!(ev["data"], r#"{"floor":3}"#);
+    let (ok, out) = crate::harness::run_cli(
+        &["trigger", "ops", "drill", "{}", "--url", &url],
+        &[
+            ("BELLHOP_APP_ID", "100"),
+            ("BELLHOP_APP_KEY", KEY),
+            ("BELLHOP_APP_SECRET", "wrong"),
+        ],
+    );
+    assert!(!ok);
+    assert!(out.contains("401"), "{out}");
+}

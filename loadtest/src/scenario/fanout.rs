@@ -257,7 +257,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Report> {
     let self_after = measure::sample(None);
 
     let expected = p.events * plan.per_channel as u64;
-    let expected_total = expected.min(u64::MAX);
+    let expected_total = expected;
     let lost = expected_total.saturating_sub(received);
     let rate = received as f64 / wall;
     let server_cpu = cpu_json(server_before, server_after, wall);
