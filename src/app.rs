@@ -37,6 +37,30 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
+/// Apps changed through the admin API live in the store; they override config-file apps
+/// with the same id.
+async fn load_stored_apps(store: &Store, apps: &AppDirectory) -> Result<(), StoreError> {
+    for stored in store.stored_apps().await? {
+        match stored.to_app() {
+            Ok(app) => apps.upsert(app),
+            Err(e) => {
+                tracing::error!(app_id = %stored.config.id, error = %e, "stored app is invalid; not served")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Other nodes may change apps through their admin API; pick the changes up.
+async fn follow_stored_apps(store: Store, apps: Arc<AppDirectory>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Err(e) = load_stored_apps(&store, &apps).await {
+            tracing::warn!(error = %e, "reloading apps from the store failed");
+        }
+    }
+}
+
 async fn signal() {
     use actix_web::rt::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -112,7 +136,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let store = Store::connect(&db_url).await?;
     store.migrate().await?;
     tracing::info!(store = %store.url(), "store ready");
+    load_stored_apps(&store, &apps).await?;
 
+    actix_web::rt::spawn(follow_stored_apps(store.clone(), apps.clone()));
     let cfg = &config.server;
     let batcher = WebhookBatcher::new(
         apps.clone(),

@@ -37,6 +37,8 @@ pub struct App {
     pub signin_timeout: Option<std::time::Duration>,
     pub cache_ttl: std::time::Duration,
     pub allowed_origins: Vec<String>,
+    /// The settings this app was built from (for the admin API to change and store).
+    pub config: AppConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ impl App {
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),
             cache_ttl: std::time::Duration::from_secs(c.cache_ttl_secs),
             allowed_origins: c.allowed_origins.clone(),
+            config: c.clone(),
             id: AppId::parse(&c.id)?,
             key: AppKey::parse(&c.key)?,
             secrets: vec![Secret::parse(&c.secret)?],

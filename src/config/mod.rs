@@ -149,11 +149,13 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub id: String,
     pub key: String,
+    /// Never serialized: settings stored or returned by the admin API leave it out.
+    #[serde(skip_serializing, default)]
     pub secret: String,
     #[serde(default = "yes")]
     pub enabled: bool,

@@ -129,6 +129,22 @@ impl Connections {
         outboxes.len()
     }
 
+    /// Closes every connection of `app`; returns how many.
+    pub fn close_app(&self, app: &AppId, request: CloseRequest) -> usize {
+        let outboxes: Vec<Outbox> = self
+            .inner
+            .lock()
+            .sockets
+            .values()
+            .filter(|(a, _)| a == app)
+            .map(|(_, o)| o.clone())
+            .collect();
+        for o in &outboxes {
+            o.close(request.clone());
+        }
+        outboxes.len()
+    }
+
     /// Up to `n` open connections not yet asked to close.
     pub fn some_open(&self, n: usize) -> Vec<Outbox> {
         self.inner

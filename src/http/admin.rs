@@ -6,8 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::apps::App;
+use crate::config::AppConfig;
+use crate::connection::CloseRequest;
 use crate::http::ApiError;
 use crate::state::ServerState;
+use crate::store::apps::StoredApp;
 use crate::webhooks::WEBHOOK_EXPIRY;
 
 fn authorize(state: &ServerState, req: &HttpRequest) -> Result<(), ApiError> {
@@ -137,4 +141,153 @@ pub async fn list_apps(
         .collect();
     apps.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(HttpResponse::Ok().json(json!({ "apps": apps })))
+}
+
+fn new_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn app_json(app: &AppConfig) -> serde_json::Value {
+    // `secret` is never serialized (see AppConfig).
+    serde_json::to_value(app).unwrap_or_default()
+}
+
+/// Validates, stores and serves `stored`; the directory change is what makes it live.
+async fn save(state: &ServerState, stored: StoredApp) -> Result<App, ApiError> {
+    let app = stored
+        .to_app()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(other) = state.apps.by_key(app.key.as_str()) {
+        if other.id != app.id {
+            return Err(ApiError::Conflict(format!(
+                "key {} is used by app {}",
+                app.key, other.id
+            )));
+        }
+    }
+    state.store.save_app(&stored).await.map_err(store_error)?;
+    state.apps.upsert(app.clone());
+    Ok(app)
+}
+
+/// The stored form of a live app (config-file apps become stored on their first change).
+async fn current(state: &ServerState, id: &str) -> Result<StoredApp, ApiError> {
+    if let Some(stored) = state.store.stored_app(id).await.map_err(store_error)? {
+        return Ok(stored);
+    }
+    let app = state
+        .apps
+        .by_id(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no app {id}")))?;
+    let mut config = app.config.clone();
+    config.secret = app.signing_secret().expose().to_owned();
+    Ok(StoredApp {
+        config,
+        previous_secret: None,
+    })
+}
+
+/// `POST /admin/apps`: the body is an `[[apps]]` entry as JSON; a missing secret is
+/// generated. The secret is returned once, here.
+pub async fn create_app(
+    req: HttpRequest,
+    body: web::Json<serde_json::Value>,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let mut v = body.into_inner();
+    if v.get("secret").is_none() {
+        v["secret"] = new_secret().into();
+    }
+    let mut config: AppConfig =
+        serde_json::from_value(v.clone()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    config.secret = v["secret"].as_str().unwrap_or_default().to_owned();
+    if state.apps.by_id(&config.id).is_some() {
+        return Err(ApiError::Conflict(format!("app {} exists", config.id)));
+    }
+    let secret = config.secret.clone();
+    save(
+        &state,
+        StoredApp {
+            config: config.clone(),
+            previous_secret: None,
+        },
+    )
+    .await?;
+    tracing::info!(app_id = %config.id, "app created");
+    Ok(HttpResponse::Created().json(json!({"app": app_json(&config), "secret": secret})))
+}
+
+/// `PATCH /admin/apps/{id}`: changes the given settings (not the id or the secret).
+pub async fn update_app(
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let patch = body.into_inner();
+    let Some(fields) = patch.as_object() else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    if fields.contains_key("id") || fields.contains_key("secret") {
+        return Err(ApiError::BadRequest(
+            "id and secret cannot be patched; rotate the secret with /rotate-secret".into(),
+        ));
+    }
+    let mut stored = current(&state, &id).await?;
+    let mut v = app_json(&stored.config);
+    for (k, val) in fields {
+        v[k] = val.clone();
+    }
+    v["secret"] = stored.config.secret.clone().into();
+    let mut config: AppConfig =
+        serde_json::from_value(v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    config.secret = stored.config.secret.clone();
+    stored.config = config;
+    let disabled = !stored.config.enabled;
+    let app = save(&state, stored).await?;
+    if disabled {
+        let closed = state.connections.close_app(
+            &app.id,
+            CloseRequest::Pusher(
+                bellhop_protocol::ErrorCode::AppDisabled,
+                "Application disabled".into(),
+            ),
+        );
+        tracing::info!(app_id = %app.id, closed, "app disabled");
+    }
+    Ok(HttpResponse::Ok().json(json!({"app": app_json(&app.config)})))
+}
+
+/// `POST /admin/apps/{id}/rotate-secret`: a new secret signs from now on; the old one keeps
+/// verifying until `finish-rotation`, so backends can switch without downtime.
+pub async fn rotate_secret(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let mut stored = current(&state, &id).await?;
+    let secret = new_secret();
+    stored.previous_secret = Some(std::mem::replace(&mut stored.config.secret, secret.clone()));
+    save(&state, stored).await?;
+    tracing::info!(app_id = %id, "secret rotation started");
+    Ok(HttpResponse::Ok().json(json!({"secret": secret, "previous_valid": true})))
+}
+
+/// `POST /admin/apps/{id}/finish-rotation`: the previous secret stops verifying.
+pub async fn finish_rotation(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let mut stored = current(&state, &id).await?;
+    stored.previous_secret = None;
+    save(&state, stored).await?;
+    tracing::info!(app_id = %id, "secret rotation finished");
+    Ok(HttpResponse::Ok().json(json!({"previous_valid": false})))
 }

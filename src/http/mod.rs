@@ -39,6 +39,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(api::users::terminate_connections),
         )
         .route("/admin/apps", web::get().to(admin::list_apps))
+        .route("/admin/apps", web::post().to(admin::create_app))
+        .route("/admin/apps/{id}", web::patch().to(admin::update_app))
+        .route(
+            "/admin/apps/{id}/rotate-secret",
+            web::post().to(admin::rotate_secret),
+        )
+        .route(
+            "/admin/apps/{id}/finish-rotation",
+            web::post().to(admin::finish_rotation),
+        )
         .route("/admin/jobs", web::get().to(admin::list_jobs))
         .route("/admin/jobs/{id}", web::get().to(admin::show_job))
         .route("/admin/jobs/{id}", web::delete().to(admin::drop_job))

@@ -2,6 +2,8 @@
 //! chosen by the URL, served by the same code through sqlx's `Any` driver. It runs the
 //! migrations for its dialect at start-up. Times are stored as Unix milliseconds.
 
+pub mod apps;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

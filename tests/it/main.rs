@@ -1,6 +1,7 @@
 //! Integration tests: real bellhop processes on loopback ports, driven by a real WebSocket
 //! client and signed HTTP requests. One binary, one module per area.
 
+mod admin;
 mod api;
 mod client;
 mod connection;
