@@ -35,6 +35,28 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Loads the PEM certificate chain and key into a rustls server config.
+fn tls_config(cert: &str, key: &str) -> Result<rustls::ServerConfig, RunError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| RunError::Tls(format!("cannot read certificates from {cert}: {e}")))?;
+    if certs.is_empty() {
+        return Err(RunError::Tls(format!("no certificate in {cert}")));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| RunError::Tls(format!("cannot read the private key from {key}: {e}")))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| RunError::Tls(e.to_string()))
 }
 
 /// Apps changed through the admin API live in the store; they override config-file apps
@@ -193,18 +215,26 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     .max_connections(200_000)
     .shutdown_timeout(5)
     .disable_signals()
-    .client_request_timeout(Duration::from_secs(10))
-    .bind(&addr)
+    .client_request_timeout(Duration::from_secs(10));
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(&addr, tls),
+        None => server.bind(&addr),
+    }
     .map_err(|source| RunError::Bind {
         addr: addr.clone(),
         source,
     })?;
     let bound: Vec<SocketAddr> = server.addrs();
     for a in &bound {
-        tracing::info!(addr = %a, apps = state.apps.all().len(), "bellhop listening");
+        tracing::info!(addr = %a, apps = state.apps.all().len(), scheme, "bellhop listening");
         // A machine-readable line on stdout, so scripts and tests can find a port picked by
         // the OS (BELLHOP_PORT=0).
-        println!("listening http://{a}");
+        println!("listening {scheme}://{a}");
     }
     let metrics_addr = format!("{}:{}", cfg.metrics_host, cfg.metrics_port);
     let metrics_data = state.clone();

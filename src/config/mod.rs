@@ -102,6 +102,9 @@ pub struct ServerConfig {
     pub webhook_timeout_ms: u64,
     /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
     pub job_lease_secs: u64,
+    /// PEM certificate chain and key: when both are set, the listener speaks TLS.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
     /// Where Prometheus scrapes `/metrics` (a separate listener, loopback by default).
     pub metrics_host: String,
     pub metrics_port: u16,
@@ -133,6 +136,8 @@ impl Default for ServerConfig {
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
             job_lease_secs: 60,
+            tls_cert: None,
+            tls_key: None,
             metrics_host: "127.0.0.1".into(),
             metrics_port: 9601,
             shutdown_grace_secs: 10,
@@ -389,6 +394,12 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
             s.job_lease_secs = v;
         }
+        if let Some(v) = source.var("BELLHOP_TLS_CERT").filter(|v| !v.is_empty()) {
+            s.tls_cert = Some(v);
+        }
+        if let Some(v) = source.var("BELLHOP_TLS_KEY").filter(|v| !v.is_empty()) {
+            s.tls_key = Some(v);
+        }
         if let Some(v) = source.var("BELLHOP_METRICS_HOST").filter(|v| !v.is_empty()) {
             s.metrics_host = v;
         }
@@ -495,6 +506,11 @@ impl Config {
                     "database_url must start with sqlite: or postgres://",
                 ));
             }
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(ConfigError::Server(
+                "TLS needs both tls_cert and tls_key (BELLHOP_TLS_CERT, BELLHOP_TLS_KEY)",
+            ));
         }
         if s.metrics_host.parse::<IpAddr>().is_err() {
             return Err(ConfigError::Server(

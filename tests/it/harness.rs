@@ -88,7 +88,10 @@ impl Server {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
-                if let Some(addr) = line.strip_prefix("listening http://") {
+                let listening = line
+                    .strip_prefix("listening http://")
+                    .or_else(|| line.strip_prefix("listening https://"));
+                if let Some(addr) = listening {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 if let Some(rest) = line.strip_prefix("metrics http://") {

@@ -332,3 +332,56 @@ async fn trigger_cli_signs_and_sends() {
     assert!(!ok);
     assert!(out.contains("401"), "{out}");
 }
+
+#[tokio::test]
+async fn tls_terminates_https_and_wss() {
+    use std::sync::Arc;
+    use tokio_tungstenite::Connector;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let server = Setup::new()
+        .env("BELLHOP_TLS_CERT", cert_path.to_str().unwrap())
+        .env("BELLHOP_TLS_KEY", key_path.to_str().unwrap())
+        .start();
+    let port = server.addr.port();
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", server.addr)
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("https://localhost:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port is not served.
+    assert!(reqwest::get(server.http("/health")).await.is_err());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        format!("wss://localhost:{port}/app/{KEY}?protocol=7"),
+        tcp,
+        None,
+        Some(Connector::Rustls(Arc::new(config))),
+    )
+    .await
+    .unwrap();
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(first.contains("pusher:connection_established"), "{first}");
+}

@@ -312,10 +312,10 @@ test('sign-in timeout: a silent client is closed with 4009, a signed-in one stay
     const prompt = makeClient(strict, { userId: 'prompt-user' });
     const lazyErrors = new Recorder(lazy.connection, 'error', 'errors at lazy');
     const lazyFrames = new Recorder(lazy.connection, 'message', 'frames at lazy');
-    const promptStates = new Recorder(prompt.connection, 'state_change', 'states at prompt');
     const promptErrors = new Recorder(prompt.connection, 'error', 'errors at prompt');
 
     const [, promptSocket] = await Promise.all([connected(lazy), connected(prompt)]);
+    const promptStates = new Recorder(prompt.connection, 'state_change', 'states at prompt');
     const t0 = Date.now();
     // Sign-in happens right after connecting, well inside the 1 s timeout.
     await signedIn(prompt, 'prompt-user');
