@@ -159,3 +159,16 @@ fn config_errors_name_the_problem_and_exit_nonzero() {
         assert!(out.contains(var), "--help lacks {var}");
     }
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("example.toml");
+    std::fs::write(&path, &readme[start..end]).unwrap();
+    let (ok, out) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1001"), "{out}");
+}
