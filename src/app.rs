@@ -37,6 +37,34 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Bus(#[from] crate::cluster::BusError),
+}
+
+/// What another node published reaches this node's subscribers (and cache channels).
+fn deliver_from_bus(
+    registry: Arc<ChannelRegistry>,
+    apps: Arc<AppDirectory>,
+) -> impl Fn(crate::cluster::Envelope) + Send + Sync + 'static {
+    move |env| {
+        let key = crate::channel::ChannelKey {
+            app: env.app,
+            name: env.channel,
+        };
+        if env.cacheable && key.name.is_cache() {
+            if let Some(app) = apps.by_id(key.app.as_str()) {
+                registry.remember(&key, env.frame.clone(), app.cache_ttl);
+            }
+        }
+        registry.publish(
+            &key,
+            crate::channel::messages::Publish {
+                frame: env.frame,
+                except: env.except,
+                from: None,
+            },
+        );
+    }
 }
 
 /// Loads the PEM certificate chain and key into a rustls server config.
@@ -186,6 +214,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         arbiters.iter().map(|a| a.handle()).collect(),
         Some(batcher.clone().recipient()),
     );
+    let node_id = cfg.node_id();
+    let bus: crate::cluster::SharedBus = match &cfg.redis_url {
+        None => Arc::new(crate::cluster::MemoryBus),
+        Some(url) => {
+            let deliver = deliver_from_bus(registry.clone(), apps.clone());
+            let bus =
+                crate::cluster::RedisBus::connect(url, &cfg.redis_prefix, node_id.clone(), deliver)
+                    .await
+                    .map_err(RunError::Bus)?;
+            tracing::info!(prefix = %cfg.redis_prefix, node = %node_id, "cluster bus on Redis");
+            bus
+        }
+    };
     let state = web::Data::new(ServerState {
         config: config.server.clone(),
         apps,
@@ -194,6 +235,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         store,
         shutting_down: Default::default(),
         webhooks: batcher.recipient(),
+        bus,
+        node_id,
     });
 
     let addr = format!("{}:{}", config.server.host, config.server.port);

@@ -6,6 +6,7 @@ use actix::Recipient;
 
 use crate::apps::AppDirectory;
 use crate::channel::ChannelRegistry;
+use crate::cluster::SharedBus;
 use crate::config::ServerConfig;
 use crate::connection::Connections;
 use crate::store::Store;
@@ -21,4 +22,7 @@ pub struct ServerState {
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// Facts for webhooks (client events come from connections).
     pub webhooks: Recipient<Observed>,
+    /// Other nodes (the in-memory bus when alone).
+    pub bus: SharedBus,
+    pub node_id: String,
 }

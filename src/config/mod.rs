@@ -102,6 +102,9 @@ pub struct ServerConfig {
     pub webhook_timeout_ms: u64,
     /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
     pub job_lease_secs: u64,
+    /// Redis for a cluster of nodes; without it this node runs alone on the in-memory bus.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
     /// PEM certificate chain and key: when both are set, the listener speaks TLS.
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
@@ -136,6 +139,8 @@ impl Default for ServerConfig {
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
             job_lease_secs: 60,
+            redis_url: None,
+            redis_prefix: "bellhop".into(),
             tls_cert: None,
             tls_key: None,
             metrics_host: "127.0.0.1".into(),
@@ -393,6 +398,12 @@ impl Config {
         }
         if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
             s.job_lease_secs = v;
+        }
+        if let Some(v) = source.var("BELLHOP_REDIS_URL").filter(|v| !v.is_empty()) {
+            s.redis_url = Some(v);
+        }
+        if let Some(v) = source.var("BELLHOP_REDIS_PREFIX").filter(|v| !v.is_empty()) {
+            s.redis_prefix = v;
         }
         if let Some(v) = source.var("BELLHOP_TLS_CERT").filter(|v| !v.is_empty()) {
             s.tls_cert = Some(v);

@@ -249,12 +249,31 @@ impl Connection {
         // unwrap: check_client_event refused the event unless `sub` is Some.
         let sub = sub.unwrap();
         let user_id = sub.user.as_ref().map(|u| u.as_str());
-        let frame = server::client_event(event, channel, data, user_id);
+        let frame = ByteString::from(server::client_event(event, channel, data, user_id));
         sub.addr.do_send(Publish {
-            frame: frame.into(),
+            frame: frame.clone(),
             except: Some(self.socket_id),
             from: Some(self.socket_id),
         });
+        if let Some(name) = ChannelName::parse(channel)
+            .ok()
+            .filter(|_| !self.state.bus.alone())
+        {
+            let envelope = crate::cluster::Envelope {
+                origin: self.state.node_id.clone(),
+                app: self.app.id.clone(),
+                channel: name,
+                except: Some(self.socket_id),
+                cacheable: false,
+                frame,
+            };
+            let bus = self.state.bus.clone();
+            actix_web::rt::spawn(async move {
+                if let Err(e) = bus.publish(envelope).await {
+                    tracing::warn!(error = %e, "client event not shared with other nodes");
+                }
+            });
+        }
         if self.app.wants_webhook("client_event") {
             // Webhooks carry client event data as a string, as Pusher sends it.
             let raw = data.get();

@@ -16,6 +16,10 @@ pub async fn ready(state: web::Data<ServerState>) -> HttpResponse {
     {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}));
     }
+    if !state.bus.healthy() {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "bus": "unreachable"}));
+    }
     if state.store.ping().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {

@@ -162,7 +162,8 @@ fn config_errors_name_the_problem_and_exit_nonzero() {
 
 #[test]
 fn the_readme_config_example_is_valid() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
     let end = start + readme[start..].find("```").unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod client;
+mod cluster;
 mod connection;
 mod harness;
 mod http_api;

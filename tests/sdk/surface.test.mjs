@@ -10,7 +10,7 @@ import {
   Recorder,
   connected,
   eventually,
-  makeClient,
+  makeClient as makeClientRaw,
   makeServerSdk,
   once,
   sleep,
@@ -32,6 +32,26 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
+
+/**
+ * makeClient, plus a fix for a client-side timer leak: when the server closes a connected
+ * socket with 4000-4099, pusher-js handles the close by calling close() again on the already
+ * closed faye-websocket socket, which arms faye's 30 s CLOSE_TIMEOUT timer and keeps this
+ * test process alive for 30 s after the tests finish. Unref that timer once disconnected.
+ */
+function makeClient(srv, opts) {
+  const client = makeClientRaw(srv, opts);
+  let socket;
+  client.connection.bind('state_change', ({ current }) => {
+    if (current === 'connected') {
+      socket = client.connection.connection?.transport?.socket;
+    } else if (current === 'disconnected' && socket) {
+      socket._closeTimer?.unref?.();
+      socket = undefined;
+    }
+  });
+  return client;
+}
 
 /** signin() and wait for signin_success and the #server-to-user channel (as user.test.mjs). */
 async function signedIn(client, userId) {

@@ -16,6 +16,7 @@ use super::Info;
 use crate::apps::App;
 use crate::channel::messages::Publish;
 use crate::channel::ChannelKey;
+use crate::cluster::Envelope;
 use crate::http::ApiError;
 use crate::state::ServerState;
 
@@ -119,14 +120,37 @@ fn validate(app: &App, body: EventBody, max_channels: usize) -> Result<Event, Ap
     })
 }
 
-fn publish(state: &ServerState, app: &App, event: &Event) {
-    for channel in &event.channels {
-        let frame = server::channel_event(&event.name, channel.as_str(), &event.data);
+/// Hands every (event, channel) frame to the other nodes first, then to local subscribers:
+/// if the bus refuses, the request fails and nothing was delivered anywhere, so the backend's
+/// retry does not duplicate.
+async fn publish(state: &ServerState, app: &App, event: &Event) -> Result<(), ApiError> {
+    let frames: Vec<(ChannelName, ByteString)> = event
+        .channels
+        .iter()
+        .map(|c| {
+            let frame = server::channel_event(&event.name, c.as_str(), &event.data);
+            (c.clone(), ByteString::from(frame))
+        })
+        .collect();
+    for (channel, frame) in frames.iter().filter(|_| !state.bus.alone()) {
+        let envelope = Envelope {
+            origin: state.node_id.clone(),
+            app: app.id.clone(),
+            channel: channel.clone(),
+            except: event.except,
+            cacheable: true,
+            frame: frame.clone(),
+        };
+        state.bus.publish(envelope).await.map_err(|e| {
+            tracing::warn!(app_id = %app.id, error = %e, "trigger refused: the cluster bus is down");
+            ApiError::Unavailable(e.to_string())
+        })?;
+    }
+    for (channel, frame) in frames {
         let key = ChannelKey {
             app: app.id.clone(),
             name: channel.clone(),
         };
-        let frame = ByteString::from(frame);
         if channel.is_cache() {
             state.channels.remember(&key, frame.clone(), app.cache_ttl);
         }
@@ -139,6 +163,7 @@ fn publish(state: &ServerState, app: &App, event: &Event) {
             },
         );
     }
+    Ok(())
 }
 
 /// The `info` attributes of one channel, as Pusher reports them after a trigger.
@@ -177,7 +202,7 @@ pub async fn trigger(
     let Signed { app, body, .. } = verify(&state, &req, &path, payload).await?;
     let body: EventBody = parse_json(&body)?;
     let event = validate(&app, body, app.limits.max_channels_per_trigger)?;
-    publish(&state, &app, &event);
+    publish(&state, &app, &event).await?;
     if !event.info.any() {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
@@ -219,7 +244,7 @@ pub async fn trigger_batch(
         events.push(event);
     }
     for event in &events {
-        publish(&state, &app, event);
+        publish(&state, &app, event).await?;
     }
     if !events.iter().any(|e| e.info.any()) {
         return Ok(HttpResponse::Ok().json(json!({})));

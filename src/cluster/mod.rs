@@ -1,0 +1,54 @@
+//! Nodes of one cluster share published events through a [`Bus`]: the in-memory bus (one
+//! node, the embedded default) or Redis pub/sub (`BELLHOP_REDIS_URL`). The bus carries
+//! frames already encoded by the node that accepted the event; a node delivers what it
+//! receives to its local channels and never re-publishes it.
+
+mod envelope;
+mod redis_bus;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use redis_bus::RedisBus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the cluster bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How events reach the other nodes.
+pub trait Bus: Send + Sync + 'static {
+    /// Hands `envelope` to every other node. `Ok` means the broker accepted it; an error
+    /// means no other node will see it, and the caller must say so rather than succeed.
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Whether the bus is connected (readiness).
+    fn healthy(&self) -> bool;
+
+    /// True when there are no other nodes, so callers can skip building envelopes.
+    fn alone(&self) -> bool {
+        false
+    }
+}
+
+/// One node: nothing to share with.
+pub struct MemoryBus;
+
+impl Bus for MemoryBus {
+    fn publish(&self, _: Envelope) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    fn alone(&self) -> bool {
+        true
+    }
+}
+
+pub type SharedBus = Arc<dyn Bus>;
