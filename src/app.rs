@@ -140,6 +140,9 @@ async fn shutdown_on_signal(state: web::Data<ServerState>, server: actix_web::de
         .shutting_down
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_grace_secs);
+    // Readiness fails first; load balancers take a moment to stop sending new clients here.
+    let drain = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_drain_ms);
+    tokio::time::sleep_until(drain.min(deadline)).await;
     let code = bellhop_protocol::ErrorCode::ReconnectImmediately;
     while tokio::time::Instant::now() < deadline {
         let batch = state.connections.some_open(cfg.shutdown_batch);

@@ -113,6 +113,8 @@ pub struct ServerConfig {
     pub metrics_port: u16,
     /// On SIGTERM/SIGINT: the time allowed for telling clients to reconnect elsewhere.
     pub shutdown_grace_secs: u64,
+    /// How long readiness fails before clients are moved (within the grace time).
+    pub shutdown_drain_ms: u64,
     /// Connections told to reconnect per 100 ms during shutdown, so a fleet does not
     /// stampede the remaining nodes.
     pub shutdown_batch: usize,
@@ -146,6 +148,7 @@ impl Default for ServerConfig {
             metrics_host: "127.0.0.1".into(),
             metrics_port: 9601,
             shutdown_grace_secs: 10,
+            shutdown_drain_ms: 1000,
             shutdown_batch: 500,
         }
     }
@@ -416,6 +419,9 @@ impl Config {
         }
         if let Some(v) = env_parse(source, "BELLHOP_METRICS_PORT", "expected a port number")? {
             s.metrics_port = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_SHUTDOWN_DRAIN_MS", NUM)? {
+            s.shutdown_drain_ms = v;
         }
         if let Some(v) = env_parse(source, "BELLHOP_SHUTDOWN_GRACE_SECS", NUM)? {
             s.shutdown_grace_secs = v;

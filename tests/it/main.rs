@@ -8,6 +8,7 @@ mod cluster;
 mod connection;
 mod harness;
 mod http_api;
+mod loadtest_smoke;
 mod presence;
 mod queue;
 mod receiver;

@@ -138,7 +138,11 @@ async fn apps_requiring_signin_close_silent_sockets() {
 
 #[tokio::test]
 async fn sigterm_fails_readiness_and_moves_clients_with_4200() {
-    let mut server = Setup::new().env("BELLHOP_SHUTDOWN_GRACE_SECS", "5").start();
+    let mut server = Setup::new()
+        .env("BELLHOP_SHUTDOWN_GRACE_SECS", "5")
+        .env("BELLHOP_SHUTDOWN_DRAIN_MS", "700")
+        .start();
+    let other = Setup::new().start();
     let http = reqwest::Client::new();
     assert_eq!(
         http.get(server.http("/ready"))
@@ -155,9 +159,35 @@ async fn sigterm_fails_readiness_and_moves_clients_with_4200() {
         clients.push(c);
     }
     server.terminate();
+    // Readiness fails first, while the clients are still connected.
+    let mut unready = false;
+    for _ in 0..20 {
+        if http
+            .get(server.http("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(unready, "readiness did not fail after SIGTERM");
+    // New sockets are turned away with 4200 meanwhile.
+    let mut late = Client::connect_raw_client(&server.ws_url(KEY)).await;
+    late.expect_refusal(4200).await;
+    // Then every client is told to reconnect, and does so on another node.
+    let api = Api::new(&other);
     for c in &mut clients {
         c.expect_refusal(4200).await;
     }
+    let mut moved = Client::connect(&other).await;
+    moved.subscribe("lobby").await;
+    api.trigger("lobby", "still-here", "{}").await;
+    moved.expect("still-here").await;
     assert_eq!(
         server.wait_exit(10),
         Some(true),

@@ -18,7 +18,7 @@ use crate::measure::{self, cpu_json, now_us, percentiles_ms};
 use crate::report::Report;
 use crate::Target;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Subscribers on the channel.
     #[arg(long, default_value_t = 1000)]

@@ -1,0 +1,102 @@
+//! A short, bounded run of the load generator against a real bellhop: the generator's own
+//! test (zero lost or duplicated deliveries), and the smoke scenario CI runs. Speed is
+//! measured with `scripts/bench.sh`, never here.
+
+use bellhop_loadtest::scenario::{client_events, fanout, presence_churn, trigger};
+use bellhop_loadtest::Target;
+
+use crate::harness::{Setup, APP_ID, KEY, SECRET};
+
+fn target(server: &crate::harness::Server) -> Target {
+    Target {
+        host: server.addr.ip(),
+        port: server.addr.port(),
+        app_id: APP_ID.into(),
+        key: KEY.into(),
+        secret: SECRET.into(),
+        nodes: vec![],
+        source_ips: vec![],
+        server_pid: None,
+    }
+}
+
+#[tokio::test]
+async fn generator_runs_every_scenario_without_loss() {
+    let server = Setup::new().start();
+    let t = target(&server);
+    let publish = fanout::Publish {
+        events: 50,
+        rate: 200.0,
+        payload: 64,
+        connect_rate: 1000.0,
+        drain_secs: 5,
+        publishers: 8,
+    };
+    let r = fanout::run(
+        &t,
+        fanout::Args {
+            subscribers: 50,
+            publish: publish.clone(),
+        }
+        .into(),
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["lost"], 0);
+    assert_eq!(r.json["duplicated"], 0);
+    assert_eq!(r.json["deliveries"], 2500);
+
+    let r = fanout::run(
+        &t,
+        fanout::ChannelsArgs {
+            channels: 5,
+            subscribers_per_channel: 4,
+            publish,
+        }
+        .into(),
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["deliveries"], 200);
+
+    let r = trigger::run(
+        &t,
+        trigger::Args {
+            concurrency: 4,
+            requests: 200,
+            payload: 32,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["requests"], 200);
+
+    let r = client_events::run(
+        &t,
+        client_events::Args {
+            pairs: 3,
+            rate: 5.0,
+            duration: 1,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+
+    let r = presence_churn::run(
+        &t,
+        presence_churn::Args {
+            users: 6,
+            channels: 2,
+            cycles: 2,
+            pause_ms: 20,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["member_added"], 18);
+}
