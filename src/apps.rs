@@ -18,6 +18,7 @@ pub struct AppLimits {
     pub max_channels_per_trigger: usize,
     pub max_batch_size: usize,
     pub client_event_rate: u32,
+    pub max_subscriptions_per_connection: usize,
     pub max_presence_members: usize,
     pub max_presence_user_info_bytes: usize,
     pub max_presence_user_id_len: usize,
@@ -49,6 +50,8 @@ pub enum AppError {
     Webhook(#[from] crate::webhooks::TargetError),
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    #[error("{0} must be at most a year")]
+    TooLong(&'static str),
 }
 
 impl App {
@@ -63,6 +66,10 @@ impl App {
                 c.max_presence_user_info_bytes,
             ),
             ("max_presence_user_id_len", c.max_presence_user_id_len),
+            (
+                "max_subscriptions_per_connection",
+                c.max_subscriptions_per_connection,
+            ),
         ] {
             if v == 0 {
                 return Err(AppError::ZeroLimit(name));
@@ -70,6 +77,14 @@ impl App {
         }
         for w in &c.webhooks {
             w.validate()?;
+        }
+        // Durations feed Instant arithmetic, which must not overflow.
+        const YEAR: u64 = 365 * 24 * 3600;
+        if c.cache_ttl_secs > YEAR {
+            return Err(AppError::TooLong("cache_ttl_secs"));
+        }
+        if c.signin_timeout_secs.is_some_and(|t| t > YEAR) {
+            return Err(AppError::TooLong("signin_timeout_secs"));
         }
         Ok(Self {
             webhooks: c.webhooks.clone(),
@@ -89,6 +104,7 @@ impl App {
                 max_channels_per_trigger: c.max_channels_per_trigger,
                 max_batch_size: c.max_batch_size,
                 client_event_rate: c.client_event_rate,
+                max_subscriptions_per_connection: c.max_subscriptions_per_connection,
                 max_presence_members: c.max_presence_members,
                 max_presence_user_info_bytes: c.max_presence_user_info_bytes,
                 max_presence_user_id_len: c.max_presence_user_id_len,
@@ -96,7 +112,6 @@ impl App {
         })
     }
 
-    /// The secret new signatures are made with.
     /// Whether a WebSocket from `origin` may connect. With no list, any origin may; with a
     /// list, a request without an Origin header (not a browser) may too.
     pub fn allows_origin(&self, origin: Option<&str>) -> bool {
@@ -122,6 +137,7 @@ impl App {
         self.webhooks.iter().any(|w| w.wants(kind))
     }
 
+    /// The secret new signatures are made with.
     pub fn signing_secret(&self) -> &Secret {
         // unwrap: `from_config` always stores one secret and nothing removes the last one.
         self.secrets.first().unwrap()

@@ -162,7 +162,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub id: String,
@@ -201,6 +201,9 @@ pub struct AppConfig {
     /// How long a cache channel keeps its last event.
     #[serde(default = "d_cache_ttl")]
     pub cache_ttl_secs: u64,
+    /// Channels one connection may be subscribed to at once.
+    #[serde(default = "d_subs_per_conn")]
+    pub max_subscriptions_per_connection: usize,
     /// Origins allowed to open WebSockets (exact, or `*.example.com` for subdomains);
     /// empty allows any.
     #[serde(default)]
@@ -209,6 +212,10 @@ pub struct AppConfig {
 
 fn d_cache_ttl() -> u64 {
     30 * 60
+}
+
+fn d_subs_per_conn() -> usize {
+    1000
 }
 
 fn yes() -> bool {
@@ -257,7 +264,23 @@ impl AppConfig {
             signin_timeout_secs: None,
             cache_ttl_secs: d_cache_ttl(),
             allowed_origins: Vec::new(),
+            max_subscriptions_per_connection: d_subs_per_conn(),
         }
+    }
+}
+
+impl std::fmt::Debug for AppConfig {
+    // The secret never reaches a log through Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"[redacted]")
+            .field("enabled", &self.enabled)
+            .field("client_events", &self.client_events)
+            .field("max_connections", &self.max_connections)
+            .field("webhooks", &self.webhooks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -524,6 +547,11 @@ impl Config {
                 ));
             }
         }
+        if s.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Server(
+                "admin_token must be at least 16 characters (or unset to turn the admin API off)",
+            ));
+        }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             return Err(ConfigError::Server(
                 "TLS needs both tls_cert and tls_key (BELLHOP_TLS_CERT, BELLHOP_TLS_KEY)",
@@ -603,6 +631,19 @@ mod tests {
             .with("BELLHOP_HOST", "0.0.0.0")
             .with("BELLHOP_APP_SECRET", "s3cret");
         assert!(Config::load(None, &src).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = AppConfig::new("1", "k", "very-secret-value");
+        assert!(!format!("{c:?}").contains("very-secret-value"));
+        let err = Config::load(
+            None,
+            &MapSource::default().with("BELLHOP_ADMIN_TOKEN", "short"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin_token"), "{err}");
     }
 
     #[test]

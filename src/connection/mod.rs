@@ -144,6 +144,20 @@ impl Connection {
                 return;
             }
         };
+        if !self.subscriptions.contains_key(&authorized.channel)
+            && self.subscriptions.len() >= self.app.limits.max_subscriptions_per_connection
+        {
+            self.send(server::subscription_error(
+                authorized.channel.as_str(),
+                server::SubscriptionErrorKind::LimitReached,
+                &format!(
+                    "a connection may hold at most {} subscriptions",
+                    self.app.limits.max_subscriptions_per_connection
+                ),
+                400,
+            ));
+            return;
+        }
         let user = authorized.member.as_ref().map(|m| m.user_id.clone());
         let key = self.key(authorized.channel.clone());
         let addr = self.state.channels.subscribe(
@@ -355,6 +369,9 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
                     }
                 }
             }
+            // Closed from elsewhere (terminated, app disabled, too slow, shutdown): stop
+            // acting for this client now, not when it goes quiet.
+            _ = conn.outbox.closed() => break None,
             _ = sleep_until(signin_deadline.unwrap_or(far)), if signin_deadline.is_some() && conn.user.is_none() => {
                 let code = ErrorCode::Unauthorized;
                 break Some(CloseRequest::Pusher(code, "not signed in within the sign-in timeout".into()));
@@ -377,8 +394,9 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
     let app_label = [conn.app.id.as_str()];
     METRICS.connected.with_label_values(&app_label).dec();
     METRICS.disconnections.with_label_values(&app_label).inc();
-    if let Some(close) = close {
-        conn.outbox.close(close);
-    }
+    // The writer ends the response once the close is sent; without a reason (the client
+    // went away) it still needs telling, so that nothing waits on this socket.
+    conn.outbox
+        .close(close.unwrap_or(CloseRequest::WebSocket(1000, String::new())));
     tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection closed");
 }

@@ -40,6 +40,8 @@ pub struct OutboxReceiver(Arc<Shared>);
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
+    /// Wakes the connection's reader when a close is requested, so it stops acting at once.
+    closing: tokio::sync::Notify,
 }
 
 struct State {
@@ -69,6 +71,7 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
             waker: None,
         }),
         capacity,
+        closing: tokio::sync::Notify::new(),
     });
     (Outbox(shared.clone()), OutboxReceiver(shared))
 }
@@ -94,6 +97,7 @@ impl Outbox {
             if let Some(w) = waker {
                 w.wake();
             }
+            self.0.closing.notify_waiters();
             return Err(Overflow);
         }
         st.frames.push_back(frame);
@@ -116,6 +120,21 @@ impl Outbox {
         drop(st);
         if let Some(w) = waker {
             w.wake();
+        }
+        self.0.closing.notify_waiters();
+    }
+
+    /// Resolves once the connection has been asked to close (by anyone).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.0.closing.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -202,6 +221,21 @@ mod tests {
         tokio::task::yield_now().await;
         tx.push("x".into()).unwrap();
         assert_eq!(h.await.unwrap(), [text("x")]);
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_on_close_and_overflow() {
+        let (tx, _rx) = outbox(1);
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.closed().await }
+        });
+        tokio::task::yield_now().await;
+        tx.push("a".into()).unwrap();
+        assert!(!waiter.is_finished());
+        assert_eq!(tx.push("b".into()), Err(Overflow));
+        waiter.await.unwrap();
+        tx.closed().await;
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ fn authorize(state: &ServerState, req: &HttpRequest) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    if !given.is_empty() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized(

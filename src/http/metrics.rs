@@ -29,14 +29,13 @@ pub async fn observe_api(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let api = req.path().starts_with("/apps/");
+    // Only known apps get their own series: unauthenticated callers must not be able to
+    // create label values (and memory) at will.
+    let named = req.path().split('/').nth(2).unwrap_or("");
     let app_id = req
-        .path()
-        .split('/')
-        .nth(2)
-        .unwrap_or("")
-        .chars()
-        .take(64)
-        .collect::<String>();
+        .app_data::<web::Data<ServerState>>()
+        .and_then(|s| s.apps.by_id(named))
+        .map_or_else(|| "unknown".to_owned(), |a| a.id.to_string());
     let start = Instant::now();
     let res = next.call(req).await?;
     if api {

@@ -23,7 +23,6 @@ pub struct WebhookSender {
 
 #[derive(Deserialize)]
 struct Payload {
-    target: usize,
     url: String,
     body: String,
 }
@@ -54,14 +53,16 @@ impl WebhookSender {
         let Some(app) = self.apps.by_id(&job.app_id) else {
             return permanent(format!("app {} no longer exists", job.app_id));
         };
-        // The target list may have changed since the batch was made; headers come from the
-        // target still configured at the same URL, if any.
-        let headers = app
+        // The operator may have removed the target since the batch was made: then it is not
+        // sent (and never signed) again.
+        let Some(headers) = app
             .webhooks
-            .get(p.target)
-            .filter(|t| t.url == p.url)
+            .iter()
+            .find(|t| t.url == p.url)
             .map(|t| t.headers.clone())
-            .unwrap_or_default();
+        else {
+            return permanent(format!("target {} is no longer configured", p.url));
+        };
         let signature = signing::sign_webhook(app.signing_secret(), p.body.as_bytes());
         let mut req = self
             .http
@@ -91,7 +92,7 @@ impl WebhookSender {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(|s| Duration::from_secs(s.min(3600)));
-                let text = resp.text().await.unwrap_or_default();
+                let text = read_prefix(resp, 512).await;
                 let detail = format!("HTTP {status}: {}", truncate(&text, 200));
                 let verdict = match status {
                     200..=299 => Verdict::Done,
@@ -115,6 +116,18 @@ fn without_url(e: &reqwest::Error) -> String {
         s = s.replace(u.as_str(), "<target>");
     }
     s
+}
+
+/// At most `limit` bytes of a response body: a receiver cannot make us buffer megabytes.
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(limit - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

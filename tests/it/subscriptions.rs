@@ -249,3 +249,22 @@ async fn slow_consumer_is_closed_with_4100_and_others_keep_receiving() {
         "slow client got everything; the test did not overflow it"
     );
 }
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let server = Setup::new()
+        .toml("[[apps]]\nid = '100'\nkey = 'test-key'\nsecret = 'test-secret'\nmax_subscriptions_per_connection = 3\n")
+        .start();
+    let mut c = Client::connect(&server).await;
+    for ch in ["a", "b", "c"] {
+        c.subscribe(ch).await;
+    }
+    c.subscribe_with("d", None, None).await;
+    let ev = c.expect("pusher:subscription_error").await;
+    assert_eq!(ev["data"]["type"], "LimitReached");
+    // Re-subscribing to a held channel is not a new subscription.
+    c.subscribe("a").await;
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "b"}}))
+        .await;
+    c.subscribe("d").await;
+}

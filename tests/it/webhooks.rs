@@ -157,7 +157,7 @@ async fn failing_receiver_is_retried_until_it_recovers() {
     let targets = json!([{"url": rx.url("/h")}, {"url": gone.url("/g")}]).to_string();
     let server = Setup::new()
         .env("BELLHOP_APP_WEBHOOKS", &targets)
-        .env("BELLHOP_ADMIN_TOKEN", "admin-secret")
+        .env("BELLHOP_ADMIN_TOKEN", "admin-secret-for-tests")
         .start();
     let mut c = Client::connect(&server).await;
     c.subscribe("retry-me").await;
@@ -172,7 +172,7 @@ async fn failing_receiver_is_retried_until_it_recovers() {
     let http = reqwest::Client::new();
     let list: Value = http
         .get(server.http("/admin/jobs"))
-        .bearer_auth("admin-secret")
+        .bearer_auth("admin-secret-for-tests")
         .send()
         .await
         .unwrap()
@@ -195,7 +195,7 @@ async fn failing_receiver_is_retried_until_it_recovers() {
         .unwrap();
     let show: Value = http
         .get(server.http(&format!("/admin/jobs/{}", done["id"])))
-        .bearer_auth("admin-secret")
+        .bearer_auth("admin-secret-for-tests")
         .send()
         .await
         .unwrap()
@@ -222,7 +222,7 @@ async fn failing_receiver_is_retried_until_it_recovers() {
     // A dead job can be retried; the target now answers 200.
     let r = http
         .post(server.http(&format!("/admin/jobs/{}/retry", dead["id"])))
-        .bearer_auth("admin-secret")
+        .bearer_auth("admin-secret-for-tests")
         .send()
         .await
         .unwrap();

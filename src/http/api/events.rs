@@ -120,9 +120,9 @@ fn validate(app: &App, body: EventBody, max_channels: usize) -> Result<Event, Ap
     })
 }
 
-/// Hands every (event, channel) frame to the other nodes first, then to local subscribers:
-/// if the bus refuses, the request fails and nothing was delivered anywhere, so the backend's
-/// retry does not duplicate.
+/// Hands every (event, channel) frame to the other nodes first, then to local subscribers.
+/// If the bus refuses, the request fails before any local delivery; channels already handed
+/// to the bus in this request may then see the event again when the backend retries.
 async fn publish(state: &ServerState, app: &App, event: &Event) -> Result<(), ApiError> {
     let frames: Vec<(ChannelName, ByteString)> = event
         .channels

@@ -103,7 +103,7 @@ fn check(signed: &Signed, method: &str, path: &str, now: i64) -> Result<(), ApiE
     let ts: i64 = ts.parse().map_err(|_| {
         ApiError::Unauthorized("auth_timestamp must be a Unix time in seconds".into())
     })?;
-    if (now - ts).abs() > TIMESTAMP_WINDOW_SECS {
+    if now.abs_diff(ts) > TIMESTAMP_WINDOW_SECS.unsigned_abs() {
         return Err(ApiError::Unauthorized(format!(
             "Timestamp expired: Given timestamp ({ts}) not within {TIMESTAMP_WINDOW_SECS}s of server time ({now})"
         )));
@@ -176,6 +176,14 @@ mod tests {
     fn accepts_the_docs_example_inside_the_window() {
         let s = signed(&docs_query(SIG), BODY);
         assert!(check(&s, "POST", "/apps/3/events", 1353088179 + 600).is_ok());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_panics() {
+        let mut q = docs_query(SIG);
+        q[1].1 = "-9223372036854775808";
+        let err = check(&signed(&q, BODY), "POST", "/apps/3/events", 1353088179).unwrap_err();
+        assert!(err.to_string().starts_with("Timestamp expired"), "{err}");
     }
 
     #[test]
