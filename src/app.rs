@@ -280,7 +280,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(addr = %a, apps = state.apps.all().len(), scheme, "bellhop listening");
         // A machine-readable line on stdout, so scripts and tests can find a port picked by
         // the OS (BELLHOP_PORT=0).
-        println!("listening {scheme}://{a}");
+        let _ = writeln!(std::io::stdout(), "listening {scheme}://{a}");
     }
     let metrics_addr = format!("{}:{}", cfg.metrics_host, cfg.metrics_port);
     let metrics_data = state.clone();
@@ -298,7 +298,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     })?;
     for a in metrics.addrs() {
         tracing::info!(addr = %a, "metrics listening");
-        println!("metrics http://{a}/metrics");
+        // Writes to a closed stdout are ignored: the server must not die with its reader.
+        let _ = writeln!(std::io::stdout(), "metrics http://{a}/metrics");
     }
     let metrics = metrics.run();
     let metrics_handle = metrics.handle();

@@ -247,20 +247,43 @@ impl WebhookBatcher {
     }
 }
 
-/// A store blip must not lose a batch: retry for a while before giving up loudly.
+/// How long a batch waits in memory for an unreachable store, and how many may wait.
+const HOLD_FOR: Duration = Duration::from_secs(10 * 60);
+const MAX_HELD: usize = 10_000;
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A store outage must not lose a batch: it is kept in memory and retried with back-off for
+/// up to ten minutes (at most 10 000 batches at once), then given up loudly.
 async fn enqueue_with_retry(store: &Store, job: NewJob) {
+    use std::sync::atomic::Ordering;
     let mut wait = Duration::from_millis(100);
-    for _ in 0..8 {
+    let start = tokio::time::Instant::now();
+    let mut held = false;
+    loop {
         match store.enqueue(&job).await {
-            Ok(_) => return,
+            Ok(_) => break,
             Err(e) => {
-                tracing::warn!(app_id = %job.app_id, error = %e, "enqueueing webhook failed; retrying");
+                if !held {
+                    if HELD.fetch_add(1, Ordering::Relaxed) >= MAX_HELD {
+                        HELD.fetch_sub(1, Ordering::Relaxed);
+                        tracing::error!(app_id = %job.app_id, "webhook batch lost: {MAX_HELD} batches already wait for the store");
+                        return;
+                    }
+                    held = true;
+                }
+                if start.elapsed() > HOLD_FOR {
+                    tracing::error!(app_id = %job.app_id, error = %e, "webhook batch lost: the store refused it for 10 minutes");
+                    break;
+                }
+                tracing::warn!(app_id = %job.app_id, error = %e, "the store refused a webhook batch; holding it in memory");
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
-    tracing::error!(app_id = %job.app_id, "webhook batch lost: the store refused it for 25 s");
+    if held {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Actor for WebhookBatcher {

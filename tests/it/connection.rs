@@ -173,3 +173,57 @@ fn the_readme_config_example_is_valid() {
     assert!(ok, "{out}");
     assert!(out.contains("1001"), "{out}");
 }
+
+#[tokio::test]
+async fn json_logs_carry_ids_and_never_secrets() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bellhop"))
+        .env_clear()
+        .env("BELLHOP_PORT", "0")
+        .env("BELLHOP_METRICS_PORT", "0")
+        .env("BELLHOP_DATA_DIR", dir.path())
+        .env("BELLHOP_APP_ID", "100")
+        .env("BELLHOP_APP_KEY", KEY)
+        .env("BELLHOP_APP_SECRET", "super-secret-value-123")
+        .env("BELLHOP_LOG_FORMAT", "json")
+        .env("BELLHOP_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening http://").map(str::to_owned))
+        .unwrap();
+    let mut c = Client::connect_to(&format!("ws://{addr}/app/{KEY}?protocol=7")).await;
+    c.subscribe_with("private-x", Some("test-key:00"), None)
+        .await;
+    c.expect("pusher:subscription_error").await;
+    c.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains("super-secret-value-123"), "secret logged");
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["socket_id"] == c_socket(&lines)
+            && l["fields"]["message"] == "subscription refused"));
+    assert!(lines.iter().any(|l| l["fields"]["app_id"] == "100"));
+}
+
+fn c_socket(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "connection opened")
+        .map(|l| l["fields"]["socket_id"].clone())
+        .expect("a connection-opened line")
+}

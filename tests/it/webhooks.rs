@@ -315,3 +315,105 @@ fn bad_webhook_and_store_config_fail_at_start_with_a_clear_error() {
     assert!(!ok);
     assert!(out.contains("database_url"), "{out}");
 }
+
+/// A TCP proxy to Postgres that the test can cut and restore, standing in for a store that
+/// goes away while bellhop runs.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, list) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the store looks unreachable
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                list.lock().unwrap().push(h);
+            }
+        });
+        Proxy { addr, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// Multi-threaded: the proxy must keep running while the harness blocks on start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_wait_in_memory_while_the_store_is_away() {
+    let schema_url = crate::queue::postgres_schema_url().await;
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let via_proxy = schema_url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let rx = Receiver::start(vec![]).await;
+    let server = Setup::new()
+        .env(
+            "BELLHOP_APP_WEBHOOKS",
+            &hooks(&rx.url("/h"), &["channel_occupied"]),
+        )
+        .env("BELLHOP_DATABASE_URL", &via_proxy)
+        .start();
+    let mut c = Client::connect(&server).await;
+    c.subscribe("before-outage").await;
+    assert_eq!(wait_events(&rx, 1, 10).await.len(), 1);
+
+    proxy.cut();
+    let http = reqwest::Client::new();
+    let mut unready = false;
+    for _ in 0..100 {
+        if http
+            .get(server.http("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unready, "readiness did not fail while the store was away");
+    c.subscribe("during-outage").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        events(&rx.requests()).len(),
+        1,
+        "nothing can be sent while the store is away"
+    );
+
+    proxy.restore();
+    let got = wait_events(&rx, 2, 30).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "the batch held in memory was delivered after the outage"
+    );
+    assert_eq!(
+        got[1],
+        json!({"name": "channel_occupied", "channel": "during-outage"})
+    );
+}
