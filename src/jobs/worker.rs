@@ -52,6 +52,12 @@ impl Workers {
         self
     }
 
+    /// How often to look for due jobs without a wake-up (default 1 s).
+    pub fn poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self

@@ -317,3 +317,33 @@ async fn expired_jobs_are_dead_lettered() {
     stop.send(true).unwrap();
     handle.await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_notify_wakes_workers_on_another_node() {
+    let url = postgres_schema_url().await;
+    let node_a = Store::connect(&url).await.unwrap();
+    node_a.migrate().await.unwrap();
+    let node_b = Store::connect(&url).await.unwrap();
+    let flaky = Arc::new(Flaky {
+        calls: AtomicU32::new(2), // succeeds at once
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Polling is slowed to a minute: only LISTEN/NOTIFY can wake node B quickly.
+    let workers = Workers::new(node_b.clone(), "b".into())
+        .poll(Duration::from_secs(60))
+        .handler(flaky.clone());
+    let handle = tokio::spawn(workers.run(Some(url.clone()), stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await; // LISTEN is up
+    let id = node_a.enqueue(&job(None)).await.unwrap().unwrap();
+    let mut state = String::new();
+    for _ in 0..60 {
+        state = node_a.job(id).await.unwrap().unwrap().0.state;
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "done", "node B was not woken by node A's enqueue");
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+}
