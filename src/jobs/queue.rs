@@ -152,18 +152,26 @@ impl Store {
     pub async fn claim(&self, lease: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
         let now = now_ms();
         let token = format!("{:032x}", rand::random::<u128>());
-        let lock = match self.dialect {
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
+        // On Postgres the due rows are locked in a materialised step first, so the planner
+        // cannot re-run the sub-select and claim more than `limit`; concurrent claimers skip
+        // each other's rows. SQLite has a single writer, so a plain sub-select is atomic.
+        let sql = match self.dialect {
+            Dialect::Postgres => {
+                "WITH due AS MATERIALIZED (SELECT id FROM jobs WHERE (state = 'pending' AND run_at <= $3) \
+                 OR (state = 'running' AND lease_until < $3) ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET state = 'running', lease_token = $1, lease_until = $2, \
+                 attempts = jobs.attempts + 1, updated_at = $3 FROM due WHERE jobs.id = due.id \
+                 RETURNING jobs.id, jobs.kind, jobs.app_id, jobs.payload, jobs.attempts, jobs.expires_at"
+            }
+            Dialect::Sqlite => {
+                "UPDATE jobs SET state = 'running', lease_token = $1, lease_until = $2, \
+                 attempts = attempts + 1, updated_at = $3 \
+                 WHERE id IN (SELECT id FROM jobs WHERE (state = 'pending' AND run_at <= $3) \
+                 OR (state = 'running' AND lease_until < $3) ORDER BY run_at LIMIT $4) \
+                 RETURNING id, kind, app_id, payload, attempts, expires_at"
+            }
         };
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', lease_token = $1, lease_until = $2, \
-             attempts = attempts + 1, updated_at = $3 \
-             WHERE id IN (SELECT id FROM jobs WHERE (state = 'pending' AND run_at <= $3) \
-             OR (state = 'running' AND lease_until < $3) ORDER BY run_at LIMIT $4{lock}) \
-             RETURNING id, kind, app_id, payload, attempts, expires_at"
-        );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(&token)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
