@@ -149,36 +149,20 @@ async fn a_redis_outage_fails_triggers_and_readiness_then_recovers() {
         "a trigger that cannot reach other nodes must fail: {:?}",
         r.body
     );
-    let http = reqwest::Client::new();
-    let ready = http.get(nodes[0].http("/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    // Local delivery keeps working: a client on node 1 gets node 1's... nothing was sent,
-    // and the remote client saw nothing.
+    assert!(nodes[0].ready_becomes(503, Duration::from_secs(2)).await);
     far.expect_silence().await;
+    // Delivery on one node keeps working without Redis: a client event between two sockets
+    // of node 1 still arrives.
+    let mut near = Client::connect(&nodes[1]).await;
+    near.subscribe("private-lobby").await;
+    far.subscribe("private-lobby").await;
+    near.send(json!({"event": "client-ping", "channel": "private-lobby", "data": {}}))
+        .await;
+    far.expect("client-ping").await;
 
     let _redis = Redis::start_on(port);
-    let mut ok = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let a = http
-            .get(nodes[0].http("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200;
-        let b = http
-            .get(nodes[1].http("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200;
-        if a && b {
-            ok = true;
-            break;
-        }
-    }
+    let ok = nodes[0].ready_becomes(200, Duration::from_secs(10)).await
+        && nodes[1].ready_becomes(200, Duration::from_secs(10)).await;
     assert!(ok, "nodes did not reconnect to Redis");
     assert_eq!(api.trigger("lobby", "after", "3").await.status, 200);
     assert_eq!(far.expect("after").await["data"], "3");

@@ -123,6 +123,23 @@ impl Server {
         )
     }
 
+    /// Polls `/ready` until it answers `want`, for at most `wait`. True when it did.
+    pub async fn ready_becomes(&self, want: u16, wait: Duration) -> bool {
+        let http = reqwest::Client::new();
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            if let Ok(r) = http.get(self.http("/ready")).send().await {
+                if r.status().as_u16() == want {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         let _ = Command::new("kill")

@@ -160,21 +160,7 @@ async fn sigterm_fails_readiness_and_moves_clients_with_4200() {
     }
     server.terminate();
     // Readiness fails first, while the clients are still connected.
-    let mut unready = false;
-    for _ in 0..20 {
-        if http
-            .get(server.http("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 503
-        {
-            unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let unready = server.ready_becomes(503, Duration::from_millis(600)).await;
     assert!(unready, "readiness did not fail after SIGTERM");
     // New sockets are turned away with 4200 meanwhile.
     let mut late = Client::connect_raw_client(&server.ws_url(KEY)).await;

@@ -380,22 +380,7 @@ async fn webhooks_wait_in_memory_while_the_store_is_away() {
     assert_eq!(wait_events(&rx, 1, 10).await.len(), 1);
 
     proxy.cut();
-    let http = reqwest::Client::new();
-    let mut unready = false;
-    for _ in 0..100 {
-        if http
-            .get(server.http("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 503
-        {
-            unready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let unready = server.ready_becomes(503, Duration::from_secs(10)).await;
     assert!(unready, "readiness did not fail while the store was away");
     c.subscribe("during-outage").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
