@@ -243,6 +243,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
+    let stall_timeout = Duration::from_secs(cfg.activity_timeout_secs + cfg.pong_timeout_secs);
     let data = state.clone();
     let server = HttpServer::new(move || {
         WebApp::new()
@@ -250,10 +251,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .wrap(actix_web::middleware::from_fn(http::metrics::observe_api))
             .configure(http::routes)
     })
-    .on_connect(|conn, _| {
-        // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
+    .on_connect(move |conn, _| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
             let _ = tcp.set_nodelay(true);
+            // A peer that stops reading (or vanishes) must not hold its socket and buffers
+            // for ever: the kernel gives up on unacknowledged data after this long.
+            let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(stall_timeout));
         }
     })
     .workers(threads(config.server.workers))
