@@ -212,6 +212,8 @@ impl WebhookBatcher {
             return;
         }
         let mut jobs = Vec::new();
+        // One timestamp per flush: every target of a batch gets the same body.
+        let now = now_ms();
         for (app_id, events) in due {
             let Some(app) = self.apps.by_id(app_id.as_str()) else {
                 continue;
@@ -225,9 +227,8 @@ impl WebhookBatcher {
                 if wanted.is_empty() {
                     continue;
                 }
-                let body = json!({"time_ms": now_ms(), "events": wanted}).to_string();
+                let body = json!({"time_ms": now, "events": wanted}).to_string();
                 let payload = json!({"target": i, "url": target.url, "body": body}).to_string();
-                let now = now_ms();
                 jobs.push(NewJob {
                     kind: super::sender::KIND,
                     app_id: app_id.to_string(),

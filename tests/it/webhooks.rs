@@ -239,8 +239,10 @@ async fn a_webhook_enqueued_before_kill_9_is_delivered_after_restart() {
         .unwrap();
     let url = format!("http://{port}/h");
     let data = tempfile::tempdir().unwrap();
+    // A short lease: if the kill lands mid-attempt, the restart need not wait a minute.
     let setup = Setup::new()
         .env("BELLHOP_APP_WEBHOOKS", &hooks(&url, &[]))
+        .env("BELLHOP_JOB_LEASE_SECS", "2")
         .data_dir(data.path());
     let server = setup.clone().start();
     let mut c = Client::connect(&server).await;
@@ -261,7 +263,13 @@ async fn a_webhook_enqueued_before_kill_9_is_delivered_after_restart() {
 
     let rx = Receiver::start_on(port, vec![]).await;
     let _server = setup.start();
-    let got = wait_events(&rx, 1, 15).await;
+    // The failed attempts before the kill pushed the next run back by their back-off (up to
+    // 60 s after many attempts on a slow machine).
+    let got = wait_events(&rx, 1, 70).await;
+    assert!(
+        !got.is_empty(),
+        "the webhook never arrived after the restart"
+    );
     assert_eq!(
         got[0],
         json!({"name": "channel_occupied", "channel": "before-crash"})
