@@ -170,8 +170,16 @@ impl Connection {
                 subscription_count: self.app.subscription_count,
             },
         );
-        self.subscriptions
-            .insert(authorized.channel, Subscription { addr, user });
+        // A repeated subscribe to the same live actor changes nothing there (it keeps the
+        // first member), so the user id stamped on client events must not change either. A
+        // different actor means the earlier attempt was refused and that actor retired.
+        match self.subscriptions.get_mut(&authorized.channel) {
+            Some(existing) if existing.addr == addr => {}
+            _ => {
+                self.subscriptions
+                    .insert(authorized.channel, Subscription { addr, user });
+            }
+        }
     }
 
     fn unsubscribe(&mut self, channel: &str) {

@@ -120,3 +120,20 @@ async fn presence_limits_and_bad_channel_data() {
         assert_eq!(ev["data"]["type"], kind, "{cd}");
     }
 }
+
+#[tokio::test]
+async fn a_repeated_subscribe_keeps_the_first_member() {
+    let server = Setup::new().start();
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.subscribe_presence("presence-desk", "1", json!({})).await;
+    b.subscribe_presence("presence-desk", "2", json!({})).await;
+    a.expect("pusher_internal:member_added").await;
+    // b subscribes again claiming another user id: nothing changes.
+    let ok = b.subscribe_presence("presence-desk", "3", json!({})).await;
+    assert_eq!(data(&ok)["presence"]["count"], 2);
+    a.expect_silence().await;
+    b.send(json!({"event": "client-x", "channel": "presence-desk", "data": {}}))
+        .await;
+    assert_eq!(a.expect("client-x").await["user_id"], "2");
+}
