@@ -95,7 +95,7 @@ async fn trigger(
     app_id: Option<String>,
     socket_id: Option<String>,
 ) -> anyhow::Result<()> {
-    use bellhop_protocol::{signing, Secret};
+    use bellhop_protocol::{signing, AppKey, Secret};
     let app = match &app_id {
         Some(id) => config.apps.iter().find(|a| &a.id == id),
         None => config.apps.first(),
@@ -109,20 +109,19 @@ async fn trigger(
     }
     let body = body.to_string();
     let path = format!("/apps/{}/events", app.id);
-    let ts = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        .to_string();
-    let md5 = signing::body_md5(body.as_bytes());
-    let params = [
-        ("auth_key", app.key.as_str()),
-        ("auth_timestamp", ts.as_str()),
-        ("auth_version", "1.0"),
-        ("body_md5", md5.as_str()),
-    ];
-    let sig = signing::sign_api(&Secret::parse(&app.secret)?, "POST", &path, params);
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let full = format!("{base}{path}?{}&auth_signature={sig}", query.join("&"));
+        .as_secs();
+    let query = signing::signed_query(
+        &AppKey::parse(&app.key)?,
+        &Secret::parse(&app.secret)?,
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        now,
+    );
+    let full = format!("{base}{path}?{query}");
     let resp = reqwest::Client::new()
         .post(&full)
         .header("content-type", "application/json")

@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use bellhop_protocol::{signing, Secret};
+use bellhop_protocol::{signing, AppKey, Secret};
 
 use crate::Target;
 
@@ -12,7 +12,7 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     app_id: String,
-    key: String,
+    key: AppKey,
     secret: Secret,
 }
 
@@ -25,7 +25,7 @@ impl Api {
                 .build()?,
             base: format!("http://{}", target.addr()),
             app_id: target.app_id.clone(),
-            key: target.key.clone(),
+            key: AppKey::parse(&target.key)?,
             secret: Secret::parse(&target.secret)?,
         })
     }
@@ -77,25 +77,15 @@ fn now() -> u64 {
 pub fn signed_url(
     base: &str,
     app_id: &str,
-    key: &str,
+    key: &AppKey,
     secret: &Secret,
     endpoint: &str,
     body: &[u8],
     timestamp: u64,
 ) -> String {
     let path = format!("/apps/{app_id}/{endpoint}");
-    let ts = timestamp.to_string();
-    let md5 = signing::body_md5(body);
-    let params = [
-        ("auth_key", key),
-        ("auth_timestamp", ts.as_str()),
-        ("auth_version", "1.0"),
-        ("body_md5", md5.as_str()),
-    ];
-    let sig = signing::sign_api(secret, "POST", &path, params);
-    format!(
-        "{base}{path}?auth_key={key}&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}&auth_signature={sig}"
-    )
+    let query = signing::signed_query(key, secret, "POST", &path, &[], body, timestamp);
+    format!("{base}{path}?{query}")
 }
 
 #[cfg(test)]
@@ -108,7 +98,7 @@ mod tests {
         let url = signed_url(
             "http://h",
             "3",
-            "278d425bdf160c739803",
+            &AppKey::parse("278d425bdf160c739803").unwrap(),
             &Secret::parse("7ad3773142a6692b25b8").unwrap(),
             "events",
             body,

@@ -46,6 +46,17 @@ pub enum Verdict {
     Permanent,
 }
 
+impl Verdict {
+    /// The outcome as recorded in the attempts table and the metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Done => "ok",
+            Self::Retry { .. } => "retry",
+            Self::Permanent => "failed",
+        }
+    }
+}
+
 /// One attempt's record: outcome plus what the other side said (redacted, short).
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -206,11 +217,6 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let verdict = match attempt.verdict {
-            Verdict::Done => "ok",
-            Verdict::Retry { .. } => "retry",
-            Verdict::Permanent => "failed",
-        };
         sqlx::query(
             "INSERT INTO job_attempts (job_id, attempt, node, started_at, duration_ms, outcome, \
              http_status, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -220,7 +226,7 @@ impl Store {
         .bind(node)
         .bind(started_at)
         .bind(now - started_at)
-        .bind(verdict)
+        .bind(attempt.verdict.label())
         .bind(attempt.http_status.map(i64::from))
         .bind(&attempt.detail)
         .execute(&mut *tx)

@@ -136,14 +136,9 @@ impl Workers {
             )
             .map_or(Outcome::Dead, Outcome::RetryAt),
         };
-        let outcome_label = match attempt.verdict {
-            Verdict::Done => "ok",
-            Verdict::Retry { .. } => "retry",
-            Verdict::Permanent => "failed",
-        };
         crate::metrics::METRICS
             .job_attempts
-            .with_label_values(&[job.kind.as_str(), outcome_label])
+            .with_label_values(&[job.kind.as_str(), attempt.verdict.label()])
             .inc();
         match self
             .store

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bellhop_protocol::{signing, Secret};
+use bellhop_protocol::{signing, AppKey, Secret};
 use serde_json::Value;
 
 use crate::harness::{Server, APP_ID, KEY, SECRET};
@@ -46,34 +46,19 @@ impl<'a> Api<'a> {
         params: &[(&str, &str)],
         body: &[u8],
     ) -> String {
-        let ts = (SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
-            .as_secs() as i64
-            + self.clock_skew)
-            .to_string();
-        let md5 = signing::body_md5(body);
-        let mut all: Vec<(&str, &str)> = vec![
-            ("auth_key", &self.key),
-            ("auth_timestamp", &ts),
-            ("auth_version", "1.0"),
-        ];
-        if !body.is_empty() {
-            all.push(("body_md5", &md5));
-        }
-        all.extend_from_slice(params);
-        let sig = signing::sign_api(
+            .as_secs() as i64;
+        signing::signed_query(
+            &AppKey::parse(&self.key).unwrap(),
             &Secret::parse(&self.secret).unwrap(),
             method,
             path,
-            all.iter().copied(),
-        );
-        let mut q: Vec<String> = all
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect();
-        q.push(format!("auth_signature={sig}"));
-        q.join("&")
+            params,
+            body,
+            (now + self.clock_skew) as u64,
+        )
     }
 
     pub async fn raw(&self, method: &str, path: &str, query: &str, body: Vec<u8>) -> Reply {
@@ -115,15 +100,4 @@ impl<'a> Api<'a> {
         )
         .await
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
