@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::apps::{App, AppDirectory};
 use crate::channel::ChannelRegistry;
 use crate::config::Config;
+use crate::connection::Connections;
 use crate::http;
 use crate::jobs::Workers;
 use crate::state::ServerState;
@@ -41,29 +42,43 @@ pub enum RunError {
     Bus(#[from] crate::cluster::BusError),
 }
 
-/// What another node published reaches this node's subscribers (and cache channels).
+/// What another node published reaches this node's subscribers (and cache channels), and
+/// what it decided for users (terminate, online/offline) reaches this node's connections.
 fn deliver_from_bus(
     registry: Arc<ChannelRegistry>,
     apps: Arc<AppDirectory>,
+    connections: Arc<Connections>,
 ) -> impl Fn(crate::cluster::Envelope) + Send + Sync + 'static {
-    move |env| {
-        let key = crate::channel::ChannelKey {
-            app: env.app,
-            name: env.channel,
-        };
-        if env.cacheable && key.name.is_cache() {
-            if let Some(app) = apps.by_id(key.app.as_str()) {
-                registry.remember(&key, env.frame.clone(), app.cache_ttl);
+    use crate::cluster::Body;
+    move |env| match env.body {
+        Body::Event {
+            channel,
+            except,
+            cacheable,
+            frame,
+        } => {
+            let key = crate::channel::ChannelKey {
+                app: env.app,
+                name: channel,
+            };
+            if cacheable && key.name.is_cache() {
+                if let Some(app) = apps.by_id(key.app.as_str()) {
+                    registry.remember(&key, frame.clone(), app.cache_ttl);
+                }
             }
+            registry.publish(
+                &key,
+                crate::channel::messages::Publish {
+                    frame,
+                    except,
+                    from: None,
+                },
+            );
         }
-        registry.publish(
-            &key,
-            crate::channel::messages::Publish {
-                frame: env.frame,
-                except: env.except,
-                from: None,
-            },
-        );
+        Body::Terminate { user } => {
+            connections.terminate_user(&env.app, &user, crate::connection::terminated());
+        }
+        Body::Watch { user, online } => connections.watch_event(&env.app, &user, online),
     }
 }
 
@@ -213,32 +228,61 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let arbiters: Vec<actix::Arbiter> = (0..threads(cfg.channel_threads))
         .map(|_| actix::Arbiter::new())
         .collect();
+    let clustered = cfg.redis_url.is_some();
     let registry = ChannelRegistry::new(
         arbiters.iter().map(|a| a.handle()).collect(),
         Some(batcher.clone().recipient()),
+        clustered,
     );
+    let connections = Arc::new(Connections::default());
     let node_id = cfg.node_id();
-    let bus: crate::cluster::SharedBus = match &cfg.redis_url {
-        None => Arc::new(crate::cluster::MemoryBus),
+    let (bus, ledger): (crate::cluster::SharedBus, _) = match &cfg.redis_url {
+        None => (Arc::new(crate::cluster::MemoryBus), None),
         Some(url) => {
-            let deliver = deliver_from_bus(registry.clone(), apps.clone());
+            let deliver = deliver_from_bus(registry.clone(), apps.clone(), connections.clone());
             let bus =
                 crate::cluster::RedisBus::connect(url, &cfg.redis_prefix, node_id.clone(), deliver)
                     .await
                     .map_err(RunError::Bus)?;
-            tracing::info!(prefix = %cfg.redis_prefix, node = %node_id, "cluster bus on Redis");
-            bus
+            let conn = bus.connection().await.map_err(RunError::Bus)?;
+            let bus: crate::cluster::SharedBus = bus;
+            let announcer = Arc::new(crate::cluster::Announcer {
+                node: node_id.clone(),
+                registry: registry.clone(),
+                bus: bus.clone(),
+                webhooks: batcher.clone().recipient(),
+                connections: connections.clone(),
+                apps: apps.clone(),
+            });
+            let timing = crate::cluster::Timing {
+                beat: Duration::from_millis(cfg.node_beat_ms.max(50)),
+                dead_after: Duration::from_millis(cfg.node_dead_after_ms.max(200)),
+                resync: Duration::from_secs(cfg.cluster_resync_secs.max(1)),
+                ttl: Duration::from_secs(cfg.cluster_key_ttl_secs.max(60)),
+                webhook_delay: Duration::from_millis(cfg.webhook_delay_ms),
+            };
+            let ledger = crate::cluster::Ledger::start(
+                conn,
+                cfg.redis_prefix.clone(),
+                node_id.clone(),
+                timing,
+                announcer,
+            );
+            tracing::info!(prefix = %cfg.redis_prefix, node = %node_id, "cluster bus and ledger on Redis");
+            (bus, Some(ledger))
         }
     };
     let state = web::Data::new(ServerState {
         config: config.server.clone(),
         apps,
         channels: registry,
-        connections: Default::default(),
+        connections,
         store,
         shutting_down: Default::default(),
         webhooks: batcher.recipient(),
         bus,
+        ledger,
+        event_budget: Default::default(),
         node_id,
     });
 

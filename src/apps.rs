@@ -18,6 +18,7 @@ pub struct AppLimits {
     pub max_channels_per_trigger: usize,
     pub max_batch_size: usize,
     pub client_event_rate: u32,
+    pub max_events_per_second: Option<u64>,
     pub max_subscriptions_per_connection: usize,
     pub max_presence_members: usize,
     pub max_presence_user_info_bytes: usize,
@@ -104,6 +105,7 @@ impl App {
                 max_channels_per_trigger: c.max_channels_per_trigger,
                 max_batch_size: c.max_batch_size,
                 client_event_rate: c.client_event_rate,
+                max_events_per_second: c.max_events_per_second,
                 max_subscriptions_per_connection: c.max_subscriptions_per_connection,
                 max_presence_members: c.max_presence_members,
                 max_presence_user_info_bytes: c.max_presence_user_info_bytes,
@@ -216,6 +218,29 @@ impl AppDirectory {
     }
 }
 
+/// Per-app message budgets of one node, in one-second windows (a cluster counts in Redis).
+#[derive(Default)]
+pub struct EventBudget {
+    windows: Mutex<HashMap<AppId, (u64, u64)>>,
+}
+
+impl EventBudget {
+    /// Takes `n` messages from this second's budget of `per_second`; false (taking nothing)
+    /// when they do not fit.
+    pub fn take(&self, app: &AppId, second: u64, n: u64, per_second: u64) -> bool {
+        let mut windows = self.windows.lock();
+        let w = windows.entry(app.clone()).or_insert((second, 0));
+        if w.0 != second {
+            *w = (second, 0);
+        }
+        if w.1.saturating_add(n) > per_second {
+            return false;
+        }
+        w.1 += n;
+        true
+    }
+}
+
 /// One admitted connection; dropping it frees the slot.
 pub struct ConnectionSlot {
     app: AppId,
@@ -233,6 +258,18 @@ impl Drop for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_budget_refills_each_second_and_never_splits_a_request() {
+        let b = EventBudget::default();
+        let app = AppId::parse("1").unwrap();
+        assert!(b.take(&app, 10, 3, 5));
+        assert!(!b.take(&app, 10, 3, 5), "3 more do not fit in 5");
+        assert!(b.take(&app, 10, 2, 5));
+        assert!(!b.take(&app, 10, 1, 5));
+        assert!(b.take(&app, 11, 5, 5), "a new second, a new budget");
+        assert!(!b.take(&app, 11, 6, 5) && b.take(&AppId::parse("2").unwrap(), 11, 5, 5));
+    }
 
     #[test]
     fn connection_limit_is_enforced_and_released() {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use actix::Recipient;
 
-use crate::apps::AppDirectory;
+use crate::apps::{AppDirectory, EventBudget};
 use crate::channel::ChannelRegistry;
-use crate::cluster::SharedBus;
+use crate::cluster::{Ledger, SharedBus};
 use crate::config::ServerConfig;
 use crate::connection::Connections;
 use crate::store::Store;
@@ -16,7 +16,7 @@ pub struct ServerState {
     pub config: ServerConfig,
     pub apps: Arc<AppDirectory>,
     pub channels: Arc<ChannelRegistry>,
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     pub store: Store,
     /// Set when shutdown begins: readiness fails and new connections are turned away.
     pub shutting_down: std::sync::atomic::AtomicBool,
@@ -24,5 +24,10 @@ pub struct ServerState {
     pub webhooks: Recipient<Observed>,
     /// Other nodes (the in-memory bus when alone).
     pub bus: SharedBus,
+    /// Cluster-wide counts, presence and limits (clustered only; alone, the channel actors
+    /// and `apps` count by themselves).
+    pub ledger: Option<Arc<Ledger>>,
+    /// The HTTP API's per-app message budgets when alone.
+    pub event_budget: EventBudget,
     pub node_id: String,
 }

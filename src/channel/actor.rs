@@ -40,6 +40,8 @@ pub struct ChannelActor {
     count_pending: bool,
     count_sent: Option<u64>,
     metrics: AppMetrics,
+    /// The cluster ledger decides members, occupancy and counts; this actor only delivers.
+    clustered: bool,
 }
 
 impl ChannelActor {
@@ -49,8 +51,10 @@ impl ChannelActor {
         counters: Arc<ChannelCounters>,
         registry: Weak<ChannelRegistry>,
         observer: Option<Recipient<Observed>>,
+        clustered: bool,
     ) -> Self {
         Self {
+            clustered,
             metrics: AppMetrics::for_app(key.app.as_str()),
             observer,
             count_events: false,
@@ -90,10 +94,15 @@ impl ChannelActor {
     }
 
     fn observe(&self, event: WebhookEvent) {
+        if self.clustered && !matches!(event, WebhookEvent::CacheMiss { .. }) {
+            // Reported once, by the node the ledger told.
+            return;
+        }
         if let Some(o) = &self.observer {
             o.do_send(Observed {
                 app: self.key.app.clone(),
                 event,
+                settled: false,
             });
         }
     }
@@ -113,7 +122,8 @@ impl ChannelActor {
 
     /// Sends the subscription count once things settle: at most one event a second.
     fn count_changed(&mut self, ctx: &mut Context<Self>) {
-        if !self.count_events || self.key.name.is_presence() || self.count_pending {
+        if self.clustered || !self.count_events || self.key.name.is_presence() || self.count_pending
+        {
             return;
         }
         self.count_pending = true;
@@ -150,12 +160,31 @@ impl ChannelActor {
     fn subscribe(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         self.count_events = msg.subscription_count;
         let channel = self.key.name.as_str();
+        // Clustered, the members come from the ledger (which already counts this one).
+        let cluster_succeeded: Option<ByteString> = match &msg.cluster_members {
+            Some(members) if self.key.name.is_presence() => Some(
+                server::presence_subscription_succeeded(
+                    channel,
+                    members.iter().map(|(id, info)| (id.as_str(), &**info)),
+                )
+                .into(),
+            ),
+            _ => None,
+        };
         if let Some(existing) = self.subscribers.get(&msg.socket_id) {
             // A repeated subscribe from the same socket is answered again, changing nothing.
-            self.send_to(&existing.outbox, self.succeeded_frame());
+            let succeeded = cluster_succeeded.unwrap_or_else(|| self.succeeded_frame());
+            self.send_to(&existing.outbox, succeeded);
             return;
         }
         let user = match msg.member {
+            Some(Member { user_id, user_info }) if self.clustered => {
+                // The ledger admitted the member and announces it cluster-wide.
+                if self.members.join(user_id.clone(), user_info) == Change::First {
+                    self.metrics.presence_members.inc();
+                }
+                Some(user_id)
+            }
             Some(Member { user_id, user_info }) => {
                 if !self.members.contains(&user_id) && self.members.len() >= msg.max_members {
                     let frame = server::subscription_error(
@@ -188,7 +217,8 @@ impl ChannelActor {
             }
             None => None,
         };
-        self.send_to(&msg.outbox, self.succeeded_frame());
+        let succeeded = cluster_succeeded.unwrap_or_else(|| self.succeeded_frame());
+        self.send_to(&msg.outbox, succeeded);
         if self.key.name.is_cache() {
             self.send_cached(&msg.outbox);
         }
@@ -223,8 +253,11 @@ impl ChannelActor {
             return;
         };
         if let Some(user) = sub.user {
-            if self.members.leave(&user) == Some(Change::First) {
+            let last = self.members.leave(&user) == Some(Change::First);
+            if last {
                 self.metrics.presence_members.dec();
+            }
+            if last && !self.clustered {
                 let frame = server::member_removed(self.key.name.as_str(), user.as_str());
                 self.broadcast(&frame.into(), None);
                 self.observe(WebhookEvent::MemberRemoved {

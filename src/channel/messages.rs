@@ -28,6 +28,9 @@ pub struct Subscribe {
     pub max_members: usize,
     /// Whether the app wants `subscription_count` events.
     pub subscription_count: bool,
+    /// Clustered: the channel's members across the cluster (the ledger already admitted this
+    /// member), for `subscription_succeeded`. None alone, or while the ledger is unreachable.
+    pub cluster_members: Option<Vec<(String, Box<RawValue>)>>,
 }
 
 /// Removes a socket; a no-op when it is not subscribed.

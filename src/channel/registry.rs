@@ -56,11 +56,17 @@ pub struct ChannelRegistry {
     observer: Option<Recipient<Observed>>,
     /// The last server event of each cache channel, kept whether or not anyone is subscribed.
     caches: Mutex<HashMap<ChannelKey, (ByteString, Instant)>>,
+    /// Presence, occupancy and counts are decided by the cluster ledger, not by the actors.
+    clustered: bool,
 }
 
 impl ChannelRegistry {
     /// Channel actors are spread over `arbiters` (threads) round-robin.
-    pub fn new(arbiters: Vec<ArbiterHandle>, observer: Option<Recipient<Observed>>) -> Arc<Self> {
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        observer: Option<Recipient<Observed>>,
+        clustered: bool,
+    ) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "the registry needs at least one arbiter"
@@ -72,6 +78,7 @@ impl ChannelRegistry {
             next_generation: AtomicU64::new(1),
             observer,
             caches: Mutex::new(HashMap::new()),
+            clustered,
         })
     }
 
@@ -94,8 +101,16 @@ impl ChannelRegistry {
         let registry: Weak<Self> = Arc::downgrade(self);
         let actor_counters = counters.clone();
         let observer = self.observer.clone();
+        let clustered = self.clustered;
         let addr = ChannelActor::start_in_arbiter(&self.arbiters[i], move |_| {
-            ChannelActor::new(key, generation, actor_counters, registry, observer)
+            ChannelActor::new(
+                key,
+                generation,
+                actor_counters,
+                registry,
+                observer,
+                clustered,
+            )
         });
         Entry {
             addr,

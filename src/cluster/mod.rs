@@ -2,15 +2,23 @@
 //! node, the embedded default) or Redis pub/sub (`BELLHOP_REDIS_URL`). The bus carries
 //! frames already encoded by the node that accepted the event; a node delivers what it
 //! receives to its local channels and never re-publishes it.
+//!
+//! What must be counted across nodes — subscriptions, presence members, signed-in users,
+//! connections — lives in the [`Ledger`] (Redis only), whose facts the [`Announcer`] turns into
+//! member events, watchlist events and webhooks exactly once.
 
+mod announce;
 mod envelope;
+mod ledger;
 mod redis_bus;
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-pub use envelope::{Envelope, EnvelopeError};
+pub use announce::{Announcer, Fact};
+pub use envelope::{Body, Envelope, EnvelopeError};
+pub use ledger::{now_ms, Entry, Ledger, LedgerError, Op, Outcome, Timing};
 pub use redis_bus::RedisBus;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +32,17 @@ pub trait Bus: Send + Sync + 'static {
     /// Hands `envelope` to every other node. `Ok` means the broker accepted it; an error
     /// means no other node will see it, and the caller must say so rather than succeed.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Hands several envelopes to the other nodes in order, in one round trip where the
+    /// broker allows it.
+    fn publish_many(&self, envelopes: Vec<Envelope>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            for e in envelopes {
+                self.publish(e).await?;
+            }
+            Ok(())
+        })
+    }
 
     /// Whether the bus is connected (readiness).
     fn healthy(&self) -> bool;

@@ -15,6 +15,7 @@ use super::{Bus, BusError, Envelope};
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisBus {
+    client: redis::Client,
     publisher: ConnectionManager,
     channel: String,
     subscribed: Arc<AtomicBool>,
@@ -44,7 +45,7 @@ impl RedisBus {
         let channel = format!("{prefix}:bus");
         let subscribed = Arc::new(AtomicBool::new(false));
         tokio::spawn(subscribe(
-            client,
+            client.clone(),
             channel.clone(),
             node,
             subscribed.clone(),
@@ -58,10 +59,24 @@ impl RedisBus {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Arc::new(Self {
+            client,
             publisher,
             channel,
             subscribed,
         }))
+    }
+}
+
+impl RedisBus {
+    /// A new connection manager to the same Redis, for the ledger.
+    pub async fn connection(&self) -> Result<ConnectionManager, BusError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(PUBLISH_TIMEOUT))
+            .set_number_of_retries(2);
+        ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))
     }
 }
 
@@ -100,24 +115,41 @@ async fn subscribe(
     }
 }
 
+impl RedisBus {
+    /// Sends `pipe` once more if the first try fails: after Redis comes back, the first
+    /// command on a connection that broke fails while the manager reconnects.
+    async fn send(&self, pipe: &redis::Pipeline) -> Result<(), BusError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut conn = self.publisher.clone();
+            match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = Some(BusError::Unavailable(e.to_string())),
+                Err(_) => return Err(BusError::Unavailable("Redis did not answer in time".into())),
+            }
+        }
+        Err(last.unwrap_or_else(|| BusError::Unavailable("Redis refused".into())))
+    }
+}
+
 impl Bus for RedisBus {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BusError>> {
-        let mut conn = self.publisher.clone();
-        let bytes = envelope.encode();
+        self.publish_many(vec![envelope])
+    }
+
+    fn publish_many(&self, envelopes: Vec<Envelope>) -> BoxFuture<'_, Result<(), BusError>> {
+        let mut pipe = redis::pipe();
+        for e in &envelopes {
+            pipe.cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(e.encode())
+                .ignore();
+        }
         Box::pin(async move {
-            let sent = tokio::time::timeout(
-                PUBLISH_TIMEOUT,
-                redis::cmd("PUBLISH")
-                    .arg(&self.channel)
-                    .arg(bytes)
-                    .query_async::<i64>(&mut conn),
-            )
-            .await;
-            match sent {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
-                Err(_) => Err(BusError::Unavailable("Redis did not answer in time".into())),
+            if envelopes.is_empty() {
+                return Ok(());
             }
+            self.send(&pipe).await
         })
     }
 

@@ -50,6 +50,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "default app: connection limit (default unlimited)",
     ),
     (
+        "BELLHOP_APP_MAX_EVENTS_PER_SECOND",
+        "default app: messages (event x channel) the HTTP API accepts per second, cluster-wide (default unlimited)",
+    ),
+    (
         "BELLHOP_LOG",
         "log filter, e.g. info or bellhop=debug (default info)",
     ),
@@ -105,6 +109,14 @@ pub struct ServerConfig {
     /// Redis for a cluster of nodes; without it this node runs alone on the in-memory bus.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// How often a clustered node beats, and how long a silent node has before the others
+    /// take its sockets (presence members, counts) away.
+    pub node_beat_ms: u64,
+    pub node_dead_after_ms: u64,
+    /// TTL of every cluster key, so nothing outlives a vanished cluster; each node refreshes
+    /// its keys (and re-sends its whole share) every `cluster_resync_secs`.
+    pub cluster_key_ttl_secs: u64,
+    pub cluster_resync_secs: u64,
     /// PEM certificate chain and key: when both are set, the listener speaks TLS.
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
@@ -143,6 +155,10 @@ impl Default for ServerConfig {
             job_lease_secs: 60,
             redis_url: None,
             redis_prefix: "bellhop".into(),
+            node_beat_ms: 1000,
+            node_dead_after_ms: 5000,
+            cluster_key_ttl_secs: 3600,
+            cluster_resync_secs: 60,
             tls_cert: None,
             tls_key: None,
             metrics_host: "127.0.0.1".into(),
@@ -184,6 +200,10 @@ pub struct AppConfig {
     pub max_batch_size: usize,
     #[serde(default = "d_client_rate")]
     pub client_event_rate: u32,
+    /// Messages (event × channel) the HTTP API accepts per second for this app, across the
+    /// cluster; none = unlimited.
+    #[serde(default)]
+    pub max_events_per_second: Option<u64>,
     #[serde(default = "d_members")]
     pub max_presence_members: usize,
     #[serde(default = "d_user_info")]
@@ -256,6 +276,7 @@ impl AppConfig {
             max_channels_per_trigger: d_channels_per_trigger(),
             max_batch_size: d_batch(),
             client_event_rate: d_client_rate(),
+            max_events_per_second: None,
             max_presence_members: d_members(),
             max_presence_user_info_bytes: d_user_info(),
             max_presence_user_id_len: d_user_id(),
@@ -431,6 +452,18 @@ impl Config {
         if let Some(v) = source.var("BELLHOP_REDIS_PREFIX").filter(|v| !v.is_empty()) {
             s.redis_prefix = v;
         }
+        if let Some(v) = env_parse(source, "BELLHOP_NODE_BEAT_MS", NUM)? {
+            s.node_beat_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_NODE_DEAD_AFTER_MS", NUM)? {
+            s.node_dead_after_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_CLUSTER_KEY_TTL_SECS", NUM)? {
+            s.cluster_key_ttl_secs = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_CLUSTER_RESYNC_SECS", NUM)? {
+            s.cluster_resync_secs = v;
+        }
         if let Some(v) = source.var("BELLHOP_TLS_CERT").filter(|v| !v.is_empty()) {
             s.tls_cert = Some(v);
         }
@@ -468,6 +501,7 @@ impl Config {
         let secret = source.var("BELLHOP_APP_SECRET");
         let client_events: Option<bool> = env_parse(source, "BELLHOP_APP_CLIENT_EVENTS", BOOL)?;
         let max_conn: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_CONNECTIONS", NUM)?;
+        let max_events: Option<u64> = env_parse(source, "BELLHOP_APP_MAX_EVENTS_PER_SECOND", NUM)?;
         let sub_count: Option<bool> = env_parse(source, "BELLHOP_APP_SUBSCRIPTION_COUNT", BOOL)?;
         let signin: Option<u64> = env_parse(source, "BELLHOP_APP_SIGNIN_TIMEOUT", NUM)?;
         let origins = source.var("BELLHOP_APP_ALLOWED_ORIGINS").map(|v| {
@@ -508,6 +542,9 @@ impl Config {
             }
             if max_conn.is_some() {
                 app.max_connections = max_conn;
+            }
+            if max_events.is_some() {
+                app.max_events_per_second = max_events;
             }
             if let Some(w) = webhooks {
                 app.webhooks = w;

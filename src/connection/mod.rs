@@ -30,6 +30,7 @@ pub use writer::Writer;
 use crate::apps::{App, ConnectionSlot};
 use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
 use crate::channel::{ChannelActor, ChannelKey};
+use crate::cluster::{Entry, Op};
 use crate::metrics::{AppMetrics, METRICS};
 use crate::state::ServerState;
 use crate::webhooks::{Observed, WebhookEvent};
@@ -38,6 +39,24 @@ use dispatch::{authorize_subscription, check_client_event, RateLimit};
 struct Subscription {
     addr: Addr<ChannelActor>,
     user: Option<UserId>,
+}
+
+/// How `terminate_connections` closes a user's sockets, on whichever node they are.
+pub fn terminated() -> CloseRequest {
+    CloseRequest::Pusher(
+        ErrorCode::Unauthorized,
+        "connection terminated by the application".into(),
+    )
+}
+
+/// The `subscription_error` for a presence channel at its member limit.
+fn full_presence(channel: &str, max: usize) -> String {
+    server::subscription_error(
+        channel,
+        server::SubscriptionErrorKind::LimitReached,
+        &format!("presence channel is full: at most {max} members"),
+        400,
+    )
 }
 
 /// Pusher accepts the first 100 user ids of a watchlist.
@@ -52,6 +71,8 @@ pub struct Connection {
     user: Option<UserId>,
     rate: RateLimit,
     metrics: AppMetrics,
+    /// Counted in the ledger's connections of the app (its limit is cluster-wide).
+    counted_in_cluster: bool,
     _slot: ConnectionSlot,
 }
 
@@ -61,6 +82,7 @@ impl Connection {
         app: Arc<App>,
         slot: ConnectionSlot,
         outbox: Outbox,
+        counted_in_cluster: bool,
     ) -> Self {
         let socket_id = SocketId::new(rand::random::<u32>().into(), rand::random::<u32>().into());
         state
@@ -78,6 +100,7 @@ impl Connection {
             subscriptions: HashMap::new(),
             user: None,
             rate: RateLimit::new(std::time::Instant::now()),
+            counted_in_cluster,
             _slot: slot,
         }
     }
@@ -100,7 +123,7 @@ impl Connection {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Option<CloseRequest> {
+    async fn on_text(&mut self, text: &str) -> Option<CloseRequest> {
         let event = match ClientEvent::decode(text) {
             Ok(e) => e,
             Err(e) => {
@@ -112,9 +135,9 @@ impl Connection {
         match event {
             ClientEvent::Ping => self.send(server::pong()),
             ClientEvent::Pong => {}
-            ClientEvent::Subscribe(req) => self.subscribe(req),
+            ClientEvent::Subscribe(req) => self.subscribe(req).await,
             ClientEvent::Unsubscribe { channel } => self.unsubscribe(&channel),
-            ClientEvent::Signin { auth, user_data } => return self.signin(&auth, &user_data),
+            ClientEvent::Signin { auth, user_data } => return self.signin(&auth, &user_data).await,
             ClientEvent::Client {
                 event,
                 channel,
@@ -124,7 +147,7 @@ impl Connection {
         None
     }
 
-    fn subscribe(&mut self, req: SubscribeRequest) {
+    async fn subscribe(&mut self, req: SubscribeRequest) {
         let authorized = match authorize_subscription(
             &self.app,
             self.socket_id,
@@ -159,6 +182,16 @@ impl Connection {
             return;
         }
         let user = authorized.member.as_ref().map(|m| m.user_id.clone());
+        let cluster_members = match self
+            .join_cluster(&authorized.channel, authorized.member.as_ref())
+            .await
+        {
+            Ok(members) => members,
+            Err(full) => {
+                self.send(full);
+                return;
+            }
+        };
         let key = self.key(authorized.channel.clone());
         let addr = self.state.channels.subscribe(
             &key,
@@ -168,6 +201,7 @@ impl Connection {
                 member: authorized.member,
                 max_members: self.app.limits.max_presence_members,
                 subscription_count: self.app.subscription_count,
+                cluster_members,
             },
         );
         // A repeated subscribe to the same live actor changes nothing there (it keeps the
@@ -182,6 +216,96 @@ impl Connection {
         }
     }
 
+    /// Clustered: counts the subscription (and presence member) in the ledger first, so that
+    /// limits hold cluster-wide and `subscription_succeeded` lists every node's members.
+    /// `Ok(None)` alone, for a repeated subscribe of a non-presence channel, or while the ledger
+    /// is unreachable (the channel then answers from this node, and the node resyncs later);
+    /// `Err(frame)` when the presence channel is full.
+    async fn join_cluster(
+        &self,
+        channel: &ChannelName,
+        member: Option<&crate::channel::messages::Member>,
+    ) -> Result<Option<Vec<(String, Box<RawValue>)>>, String> {
+        let Some(ledger) = &self.state.ledger else {
+            return Ok(None);
+        };
+        let app = self.app.id.clone();
+        let repeated = self.subscriptions.contains_key(channel);
+        if repeated {
+            if !channel.is_presence() {
+                return Ok(None);
+            }
+            // Answered again with the members as they are now; nothing is counted twice.
+            return Ok(ledger.member_list(&app, channel).await.ok());
+        }
+        let mut ops = vec![Op::new(
+            Entry::Subscription {
+                app: app.clone(),
+                channel: channel.clone(),
+            },
+            1,
+        )];
+        if let Some(m) = member {
+            let mut op = Op::new(
+                Entry::Member {
+                    app,
+                    channel: channel.clone(),
+                    user: m.user_id.clone(),
+                },
+                1,
+            );
+            op.info = Some(m.user_info.clone());
+            op.max = self.app.limits.max_presence_members as u64;
+            op.want_members = true;
+            op.socket = Some(self.socket_id);
+            // The member goes first: a full channel must refuse before anything is counted.
+            ops.insert(0, op);
+        }
+        match ledger.apply(ops).await {
+            Ok(outcomes) => {
+                let Some(first) = outcomes.into_iter().next() else {
+                    return Ok(None);
+                };
+                if member.is_none() {
+                    return Ok(None);
+                }
+                if first.full {
+                    return Err(full_presence(
+                        channel.as_str(),
+                        self.app.limits.max_presence_members,
+                    ));
+                }
+                Ok(Some(first.members))
+            }
+            Err(e) => {
+                tracing::warn!(socket_id = %self.socket_id, error = %e, "subscribed without the cluster ledger");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Clustered: the ledger changes that undo a subscription.
+    fn leave_ops(&self, channel: &ChannelName, user: Option<&UserId>, ops: &mut Vec<Op>) {
+        let app = self.app.id.clone();
+        if let Some(user) = user {
+            ops.push(Op::new(
+                Entry::Member {
+                    app: app.clone(),
+                    channel: channel.clone(),
+                    user: user.clone(),
+                },
+                -1,
+            ));
+        }
+        ops.push(Op::new(
+            Entry::Subscription {
+                app,
+                channel: channel.clone(),
+            },
+            -1,
+        ));
+    }
+
     fn unsubscribe(&mut self, channel: &str) {
         let Ok(name) = ChannelName::parse(channel) else {
             return;
@@ -190,10 +314,15 @@ impl Connection {
             sub.addr.do_send(Unsubscribe {
                 socket_id: self.socket_id,
             });
+            if let Some(ledger) = &self.state.ledger {
+                let mut ops = Vec::new();
+                self.leave_ops(&name, sub.user.as_ref(), &mut ops);
+                ledger.submit(ops);
+            }
         }
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str) -> Option<CloseRequest> {
+    async fn signin(&mut self, auth: &str, user_data: &str) -> Option<CloseRequest> {
         #[derive(serde::Deserialize)]
         struct UserData {
             id: String,
@@ -227,14 +356,32 @@ impl Connection {
                     let code = ErrorCode::WatchlistLimit;
                     self.error(code, code.message());
                 }
-                let watchlist = watchlist
+                let watchlist: Vec<UserId> = watchlist
                     .iter()
                     .take(MAX_WATCHLIST)
                     .filter_map(|w| UserId::parse(w, max_id).ok())
                     .collect();
-                self.state
-                    .connections
-                    .signed_in(self.socket_id, &self.app.id, &user, watchlist);
+                let first_signin = self.user.is_none();
+                let alone = self.state.ledger.is_none();
+                self.state.connections.signed_in(
+                    self.socket_id,
+                    &self.app.id,
+                    &user,
+                    watchlist.clone(),
+                    alone,
+                );
+                if let Some(ledger) = &self.state.ledger {
+                    if first_signin {
+                        let entry = Entry::SignedIn {
+                            app: self.app.id.clone(),
+                            user: user.clone(),
+                        };
+                        if let Err(e) = ledger.apply(vec![Op::new(entry, 1)]).await {
+                            tracing::warn!(socket_id = %self.socket_id, error = %e, "signed in without the cluster ledger");
+                        }
+                    }
+                    self.tell_online(ledger, &watchlist).await;
+                }
                 self.user = Some(user);
                 None
             }
@@ -246,6 +393,26 @@ impl Connection {
                 ErrorCode::Unauthorized,
                 "sign-in refused: user_data must be a JSON object with a string id".into(),
             )),
+        }
+    }
+
+    /// Clustered: which of the watchlist are signed in anywhere, read from the ledger.
+    async fn tell_online(&self, ledger: &crate::cluster::Ledger, watchlist: &[UserId]) {
+        match ledger.online(&self.app.id, watchlist).await {
+            Ok(flags) => {
+                let online: Vec<&str> = watchlist
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, on)| *on)
+                    .map(|(u, _)| u.as_str())
+                    .collect();
+                if !online.is_empty() {
+                    self.send(server::watchlist_events("online", &online));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(socket_id = %self.socket_id, error = %e, "watchlist state unavailable")
+            }
         }
     }
 
@@ -281,14 +448,13 @@ impl Connection {
             .ok()
             .filter(|_| !self.state.bus.alone())
         {
-            let envelope = crate::cluster::Envelope {
-                origin: self.state.node_id.clone(),
-                app: self.app.id.clone(),
-                channel: name,
-                except: Some(self.socket_id),
-                cacheable: false,
+            let envelope = crate::cluster::Envelope::event(
+                &self.state.node_id,
+                self.app.id.clone(),
+                name,
+                Some(self.socket_id),
                 frame,
-            };
+            );
             let bus = self.state.bus.clone();
             actix_web::rt::spawn(async move {
                 if let Err(e) = bus.publish(envelope).await {
@@ -309,16 +475,41 @@ impl Connection {
                     socket_id: self.socket_id.to_string(),
                     user_id: user_id.map(str::to_owned),
                 },
+                settled: false,
             });
         }
     }
 
+    /// Leaves every channel; clustered, also gives back the sign-in and the connection in
+    /// one ledger batch.
     fn leave_all(&mut self) {
-        for (_, sub) in self.subscriptions.drain() {
+        let mut ops = Vec::new();
+        let subscriptions = std::mem::take(&mut self.subscriptions);
+        for (name, sub) in subscriptions {
             sub.addr.do_send(Unsubscribe {
                 socket_id: self.socket_id,
             });
+            self.leave_ops(&name, sub.user.as_ref(), &mut ops);
         }
+        let Some(ledger) = &self.state.ledger else {
+            return;
+        };
+        if let Some(user) = &self.user {
+            let entry = Entry::SignedIn {
+                app: self.app.id.clone(),
+                user: user.clone(),
+            };
+            ops.push(Op::new(entry, -1));
+        }
+        if self.counted_in_cluster {
+            ops.push(Op::new(
+                Entry::Connections {
+                    app: self.app.id.clone(),
+                },
+                -1,
+            ));
+        }
+        ledger.submit(ops);
     }
 }
 
@@ -349,7 +540,7 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
                     Some(Ok(AggregatedMessage::Text(text))) => {
                         conn.metrics.messages_received.inc();
                         conn.metrics.bytes_received.inc_by(text.len() as u64);
-                        if let Some(close) = conn.on_text(&text) {
+                        if let Some(close) = conn.on_text(&text).await {
                             break Some(close);
                         }
                     }
@@ -396,9 +587,11 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
         }
     };
     conn.leave_all();
-    conn.state
-        .connections
-        .remove(conn.socket_id, conn.user.as_ref());
+    conn.state.connections.remove(
+        conn.socket_id,
+        conn.user.as_ref(),
+        conn.state.ledger.is_none(),
+    );
     let app_label = [conn.app.id.as_str()];
     METRICS.connected.with_label_values(&app_label).dec();
     METRICS.disconnections.with_label_values(&app_label).inc();

@@ -45,9 +45,16 @@ impl Connections {
         self.inner.lock().sockets.insert(socket_id, (app, outbox));
     }
 
-    /// Forgets a connection (and its signed-in user, if any). The user's watchers hear
-    /// `offline` when this was the user's last socket.
-    pub fn remove(&self, socket_id: SocketId, user: Option<&UserId>) {
+    /// Tells this node's watchers of `user` that they went online or offline (a cluster fact).
+    pub fn watch_event(&self, app: &AppId, user: &UserId, online: bool) {
+        let name = if online { "online" } else { "offline" };
+        self.inner.lock().notify_watchers(app, user, name);
+    }
+
+    /// Forgets a connection (and its signed-in user, if any). Alone (`announce`), the user's
+    /// watchers hear `offline` when this was the user's last socket; clustered, the ledger
+    /// decides that.
+    pub fn remove(&self, socket_id: SocketId, user: Option<&UserId>, announce: bool) {
         let mut inner = self.inner.lock();
         let Some((app, _)) = inner.sockets.remove(&socket_id) else {
             return;
@@ -67,26 +74,30 @@ impl Connections {
                 set.remove(&socket_id);
                 if set.is_empty() {
                     inner.users.remove(&key);
-                    inner.notify_watchers(&app, user, "offline");
+                    if announce {
+                        inner.notify_watchers(&app, user, "offline");
+                    }
                 }
             }
         }
     }
 
-    /// Records a sign-in. Watchers of `user` hear `online` if this is the user's first
-    /// socket; the socket itself hears which of its `watchlist` are online now.
+    /// Records a sign-in. Alone (`announce`), watchers of `user` hear `online` if this is the
+    /// user's first socket, and the socket itself hears which of its `watchlist` are online
+    /// now; clustered, the ledger knows both and the caller tells them.
     pub fn signed_in(
         &self,
         socket_id: SocketId,
         app: &AppId,
         user: &UserId,
         watchlist: Vec<UserId>,
+        announce: bool,
     ) {
         let mut inner = self.inner.lock();
         let sockets = inner.users.entry((app.clone(), user.clone())).or_default();
         let first = sockets.is_empty();
         sockets.insert(socket_id);
-        if first {
+        if first && announce {
             inner.notify_watchers(app, user, "online");
         }
         if watchlist.is_empty() {
@@ -104,7 +115,7 @@ impl Connections {
             .filter(|w| inner.users.contains_key(&(app.clone(), (*w).clone())))
             .map(|w| w.as_str())
             .collect();
-        if !online.is_empty() {
+        if !online.is_empty() && announce {
             if let Some((_, outbox)) = inner.sockets.get(&socket_id) {
                 let _ = outbox.push(server::watchlist_events("online", &online).into());
             }

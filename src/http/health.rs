@@ -16,7 +16,7 @@ pub async fn ready(state: web::Data<ServerState>) -> HttpResponse {
     {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting down"}));
     }
-    if !state.bus.healthy() {
+    if !state.bus.healthy() || state.ledger.as_ref().is_some_and(|l| !l.healthy()) {
         return HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not ready", "bus": "unreachable"}));
     }

@@ -12,6 +12,7 @@ use bellhop_protocol::limits::SUPPORTED_PROTOCOLS;
 use bellhop_protocol::ErrorCode;
 
 use crate::apps::{App, ConnectionSlot};
+use crate::cluster::{Entry, Op};
 use crate::connection::{self, outbox, CloseRequest, Connection, Writer};
 use crate::state::ServerState;
 
@@ -35,9 +36,15 @@ pub async fn upgrade(
         .headers()
         .get(actix_web::http::header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    match admit(&state, &key, req.query_string(), origin) {
-        Ok((app, slot)) => {
-            let conn = Connection::new(state, app, slot, tx);
+    let admitted = match admit(&state, &key, req.query_string(), origin) {
+        Ok((app, slot)) => admit_in_cluster(&state, &app)
+            .await
+            .map(|counted| (app, slot, counted)),
+        Err(code) => Err(code),
+    };
+    match admitted {
+        Ok((app, slot, counted)) => {
+            let conn = Connection::new(state, app, slot, tx, counted);
             actix_web::rt::spawn(connection::run(conn, stream));
         }
         Err(code) => {
@@ -49,6 +56,32 @@ pub async fn upgrade(
         .message_body(BodyStream::new(Writer::new(rx)).boxed())?
         .into();
     Ok(response)
+}
+
+/// Clustered, an app's connection limit holds across every node: the ledger counts the
+/// connection or refuses it. True when counted (the connection gives it back when it closes).
+/// An unreachable ledger admits it: this node's share still records it, and is restored later.
+async fn admit_in_cluster(state: &ServerState, app: &App) -> Result<bool, ErrorCode> {
+    let (Some(ledger), Some(max)) = (&state.ledger, app.limits.max_connections) else {
+        return Ok(false);
+    };
+    let mut op = Op::new(
+        Entry::Connections {
+            app: app.id.clone(),
+        },
+        1,
+    );
+    op.max = max;
+    match ledger.apply(vec![op]).await {
+        Ok(outcomes) if outcomes.first().is_some_and(|o| o.full) => {
+            Err(ErrorCode::OverConnectionQuota)
+        }
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::warn!(app_id = %app.id, error = %e, "connection admitted without the cluster ledger");
+            Ok(true)
+        }
+    }
 }
 
 fn protocol_version(query: &str) -> Result<u32, ErrorCode> {

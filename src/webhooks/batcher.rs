@@ -122,6 +122,8 @@ impl WebhookEvent {
 pub struct Observed {
     pub app: AppId,
     pub event: WebhookEvent,
+    /// The cancel window was already applied (by the cluster ledger): send as it is.
+    pub settled: bool,
 }
 
 #[derive(Default)]
@@ -151,6 +153,11 @@ impl Buffers {
             buf.ready.push(event);
         }
         // else: it came back within the window; neither the leave nor the join is sent.
+    }
+
+    /// An event whose cancel window was applied elsewhere.
+    fn push_ready(&mut self, app: AppId, event: WebhookEvent) {
+        self.apps.entry(app).or_default().ready.push(event);
     }
 
     /// Moves due leaves to ready and takes every app's ready events.
@@ -303,7 +310,11 @@ impl Handler<Observed> for WebhookBatcher {
             .apps
             .by_id(msg.app.as_str())
             .is_some_and(|a| a.webhooks.iter().any(|t| t.wants(msg.event.kind())));
-        if wanted || msg.event.pair_key().is_some() {
+        if msg.settled {
+            if wanted {
+                self.buffers.push_ready(msg.app, msg.event);
+            }
+        } else if wanted || msg.event.pair_key().is_some() {
             self.buffers.observe(msg.app, msg.event, Instant::now());
         }
     }

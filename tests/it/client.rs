@@ -103,6 +103,17 @@ impl Client {
         ev
     }
 
+    /// Waits up to `secs` for an event named `name`, failing on any other event first.
+    pub async fn expect_within(&mut self, name: &str, secs: u64) -> Value {
+        match self.next_within(Duration::from_secs(secs)).await {
+            Some(Received::Event(ev)) => {
+                assert_eq!(ev["event"], name, "unexpected frame {ev}");
+                ev
+            }
+            other => panic!("expected {name} within {secs} s, got {other:?}"),
+        }
+    }
+
     /// Skips other events until one named `name` arrives.
     pub async fn wait_for(&mut self, name: &str) -> Value {
         loop {

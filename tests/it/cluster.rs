@@ -73,14 +73,22 @@ impl Drop for Redis {
 }
 
 pub fn nodes(redis: &Redis, n: usize) -> Vec<Server> {
+    nodes_with(redis, n, &[])
+}
+
+/// `n` nodes on one Redis (a prefix of their own), each with `env` added.
+pub fn nodes_with(redis: &Redis, n: usize, env: &[(&str, &str)]) -> Vec<Server> {
     let prefix = format!("t{:x}", rand::random::<u32>());
     (0..n)
         .map(|i| {
-            Setup::new()
+            let mut setup = Setup::new()
                 .env("BELLHOP_REDIS_URL", &redis.url())
                 .env("BELLHOP_REDIS_PREFIX", &prefix)
-                .env("BELLHOP_NODE_ID", &format!("node-{i}"))
-                .start()
+                .env("BELLHOP_NODE_ID", &format!("node-{i}"));
+            for (k, v) in env {
+                setup = setup.env(k, v);
+            }
+            setup.start()
         })
         .collect()
 }

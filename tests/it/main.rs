@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod client;
 mod cluster;
+mod cluster_presence;
 mod connection;
 mod harness;
 mod http_api;

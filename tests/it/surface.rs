@@ -11,7 +11,7 @@ use crate::api::Api;
 use crate::client::{data, Client};
 use crate::harness::{Setup, KEY, SECRET};
 
-fn signin_frame(c: &Client, user_data: &str) -> serde_json::Value {
+pub fn signin_frame(c: &Client, user_data: &str) -> serde_json::Value {
     let auth = signing::sign_user(
         &AppKey::parse(KEY).unwrap(),
         &Secret::parse(SECRET).unwrap(),

@@ -10,7 +10,7 @@ use crate::client::Client;
 use crate::harness::{run_cli, Setup, KEY, SECRET};
 use crate::receiver::{Receiver, Reply, Request};
 
-fn verify(req: &Request) -> Value {
+pub fn verify(req: &Request) -> Value {
     assert_eq!(req.method, "POST");
     assert_eq!(req.headers["content-type"], "application/json");
     assert_eq!(req.headers["x-pusher-key"], KEY);
@@ -28,17 +28,17 @@ fn verify(req: &Request) -> Value {
     body
 }
 
-fn events(reqs: &[Request]) -> Vec<Value> {
+pub fn events(reqs: &[Request]) -> Vec<Value> {
     reqs.iter()
         .flat_map(|r| verify(r)["events"].as_array().unwrap().clone())
         .collect()
 }
 
-fn hooks(url: &str, kinds: &[&str]) -> String {
+pub fn hooks(url: &str, kinds: &[&str]) -> String {
     json!([{"url": url, "event_types": kinds, "headers": {"X-Hotel": "grand"}}]).to_string()
 }
 
-async fn wait_events(rx: &Receiver, n: usize, secs: u64) -> Vec<Value> {
+pub async fn wait_events(rx: &Receiver, n: usize, secs: u64) -> Vec<Value> {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let evs = events(&rx.requests());

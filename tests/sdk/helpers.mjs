@@ -40,16 +40,23 @@ let appCounter = 0;
  *
  * @param {object} [opts]
  * @param {Record<string,string>} [opts.env] extra environment (e.g. BELLHOP_APP_MAX_CONNECTIONS)
+ * @param {{appId: string, key: string, secret: string}} [opts.app] reuse this app (e.g. from
+ *   an earlier server, so clustered nodes serve the same app); default: a new one per call
  * @param {number} [opts.startTimeoutMs]
  */
-export async function startBellhop({ env = {}, startTimeoutMs = 15000 } = {}) {
+export async function startBellhop({ env = {}, app: reuseApp, startTimeoutMs = 15000 } = {}) {
   await waitForBinary();
-  appCounter += 1;
-  const app = {
-    appId: String(100000 + process.pid * 10 + appCounter),
-    key: `sdk-key-${process.pid}-${appCounter}`,
-    secret: `sdk-secret-${process.pid}-${appCounter}`,
-  };
+  let app;
+  if (reuseApp) {
+    app = { appId: reuseApp.appId, key: reuseApp.key, secret: reuseApp.secret };
+  } else {
+    appCounter += 1;
+    app = {
+      appId: String(100000 + process.pid * 10 + appCounter),
+      key: `sdk-key-${process.pid}-${appCounter}`,
+      secret: `sdk-secret-${process.pid}-${appCounter}`,
+    };
+  }
   // Each server gets its own SQLite store in a fresh temp directory.
   const dataDir = mkdtempSync(path.join(tmpdir(), 'bellhop-sdk-'));
   const child = spawn(BELLHOP_BIN, [], {

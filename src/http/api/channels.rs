@@ -1,8 +1,9 @@
-//! `GET /apps/{id}/channels`, `/channels/{name}` and `/channels/{name}/users`: answered from
-//! counters the channel actors keep current, without waiting on them (but for the member
-//! list, which only the presence channel's actor holds).
+//! `GET /apps/{id}/channels`, `/channels/{name}` and `/channels/{name}/users`. Alone, they are
+//! answered from counters the channel actors keep current, without waiting on them (but for
+//! the member list, which only the presence channel's actor holds); clustered, from the
+//! cluster ledger in Redis, in one or two round trips, never by asking every node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bellhop_protocol::ChannelName;
@@ -10,13 +11,18 @@ use serde_json::{json, Map, Value};
 
 use super::signed::verify;
 use super::Info;
-use crate::channel::ChannelKey;
+use crate::channel::{ChannelKey, ChannelStats};
+use crate::cluster::LedgerError;
 use crate::http::ApiError;
 use crate::state::ServerState;
 
 fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name)
         .map_err(|e| ApiError::BadRequest(format!("invalid channel {name:?}: {e}")))
+}
+
+fn unavailable(e: LedgerError) -> ApiError {
+    ApiError::Unavailable(e.to_string())
 }
 
 pub async fn list(
@@ -33,9 +39,39 @@ pub async fn list(
             "user_count may only be requested for presence channels - please supply filter_by_prefix beginning with presence-".into(),
         ));
     }
-    let channels: BTreeMap<String, Value> = state
-        .channels
-        .list(&signed.app.id, prefix)
+    let listed: Vec<(ChannelName, ChannelStats)> = match &state.ledger {
+        None => state.channels.list(&signed.app.id, prefix),
+        Some(ledger) => {
+            let occupied: Vec<(ChannelName, u64)> = ledger
+                .channels(&signed.app.id)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .filter(|(c, _)| c.as_str().starts_with(prefix))
+                .collect();
+            let presence: Vec<&ChannelName> = occupied
+                .iter()
+                .map(|(c, _)| c)
+                .filter(|c| info.user_count && c.is_presence())
+                .collect();
+            let users = ledger
+                .user_counts(&signed.app.id, &presence)
+                .await
+                .map_err(unavailable)?;
+            let users: HashMap<&ChannelName, u64> = presence.into_iter().zip(users).collect();
+            occupied
+                .iter()
+                .map(|(c, n)| {
+                    let stats = ChannelStats {
+                        subscription_count: *n,
+                        user_count: users.get(c).copied().unwrap_or(0),
+                    };
+                    (c.clone(), stats)
+                })
+                .collect()
+        }
+    };
+    let channels: BTreeMap<String, Value> = listed
         .into_iter()
         .map(|(name, stats)| {
             let mut attrs = Map::new();
@@ -66,10 +102,22 @@ pub async fn show(
             "Cannot retrieve the user count unless the channel is a presence channel".into(),
         ));
     }
-    let stats = state.channels.stats(&ChannelKey {
-        app: signed.app.id.clone(),
-        name,
-    });
+    let stats = match &state.ledger {
+        None => state.channels.stats(&ChannelKey {
+            app: signed.app.id.clone(),
+            name,
+        }),
+        Some(ledger) => {
+            let (subscription_count, user_count) = ledger
+                .channel(&signed.app.id, &name)
+                .await
+                .map_err(unavailable)?;
+            (subscription_count > 0).then_some(ChannelStats {
+                subscription_count,
+                user_count,
+            })
+        }
+    };
     let mut body = Map::new();
     body.insert("occupied".into(), stats.is_some().into());
     if info.user_count {
@@ -101,14 +149,23 @@ pub async fn users(
             "users are only available for presence channels".into(),
         ));
     }
-    let mut ids = state
-        .channels
-        .members(&ChannelKey {
-            app: signed.app.id.clone(),
-            name,
-        })
-        .await;
+    let mut ids: Vec<String> = match &state.ledger {
+        None => state
+            .channels
+            .members(&ChannelKey {
+                app: signed.app.id.clone(),
+                name,
+            })
+            .await
+            .into_iter()
+            .map(|u| u.as_str().to_owned())
+            .collect(),
+        Some(ledger) => ledger
+            .members(&signed.app.id, &name)
+            .await
+            .map_err(unavailable)?,
+    };
     ids.sort();
-    let users: Vec<Value> = ids.iter().map(|id| json!({ "id": id.as_str() })).collect();
+    let users: Vec<Value> = ids.iter().map(|id| json!({ "id": id })).collect();
     Ok(HttpResponse::Ok().json(json!({ "users": users })))
 }

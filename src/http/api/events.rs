@@ -16,7 +16,7 @@ use super::Info;
 use crate::apps::App;
 use crate::channel::messages::Publish;
 use crate::channel::ChannelKey;
-use crate::cluster::Envelope;
+use crate::cluster::{Body, Envelope};
 use crate::http::ApiError;
 use crate::state::ServerState;
 
@@ -120,33 +120,67 @@ fn validate(app: &App, body: EventBody, max_channels: usize) -> Result<Event, Ap
     })
 }
 
+/// Takes the request's messages (event × channel) from the app's per-second budget, counted
+/// across the cluster when clustered. Refuses the whole request when it does not fit.
+async fn take_budget(state: &ServerState, app: &App, messages: u64) -> Result<(), ApiError> {
+    let Some(per_second) = app.limits.max_events_per_second else {
+        return Ok(());
+    };
+    let allowed = match &state.ledger {
+        Some(ledger) => ledger
+            .take_events(&app.id, messages, per_second)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        None => {
+            let second = crate::cluster::now_ms() / 1000;
+            state
+                .event_budget
+                .take(&app.id, second, messages, per_second)
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::TooManyRequests(format!(
+            "this app may publish at most {per_second} messages (event x channel) per second"
+        )))
+    }
+}
+
 /// Hands every (event, channel) frame to the other nodes first, then to local subscribers.
-/// If the bus refuses, the request fails before any local delivery; channels already handed
-/// to the bus in this request may then see the event again when the backend retries.
-async fn publish(state: &ServerState, app: &App, event: &Event) -> Result<(), ApiError> {
-    let frames: Vec<(ChannelName, ByteString)> = event
-        .channels
+/// If the bus refuses, the request fails before any local delivery, so a 200 always means
+/// every node got the event; when the backend retries, no node has seen it yet.
+async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(), ApiError> {
+    let frames: Vec<(ChannelName, ByteString, Option<SocketId>)> = events
         .iter()
-        .map(|c| {
-            let frame = server::channel_event(&event.name, c.as_str(), &event.data);
-            (c.clone(), ByteString::from(frame))
+        .flat_map(|event| {
+            event.channels.iter().map(|c| {
+                let frame = server::channel_event(&event.name, c.as_str(), &event.data);
+                (c.clone(), ByteString::from(frame), event.except)
+            })
         })
         .collect();
-    for (channel, frame) in frames.iter().filter(|_| !state.bus.alone()) {
-        let envelope = Envelope {
-            origin: state.node_id.clone(),
-            app: app.id.clone(),
-            channel: channel.clone(),
-            except: event.except,
-            cacheable: true,
-            frame: frame.clone(),
-        };
-        state.bus.publish(envelope).await.map_err(|e| {
+    take_budget(state, app, frames.len() as u64).await?;
+    if !state.bus.alone() {
+        let envelopes = frames
+            .iter()
+            .map(|(channel, frame, except)| Envelope {
+                origin: state.node_id.clone(),
+                app: app.id.clone(),
+                body: Body::Event {
+                    channel: channel.clone(),
+                    except: *except,
+                    cacheable: true,
+                    frame: frame.clone(),
+                },
+            })
+            .collect();
+        state.bus.publish_many(envelopes).await.map_err(|e| {
             tracing::warn!(app_id = %app.id, error = %e, "trigger refused: the cluster bus is down");
             ApiError::Unavailable(e.to_string())
         })?;
     }
-    for (channel, frame) in frames {
+    for (channel, frame, except) in frames {
         let key = ChannelKey {
             app: app.id.clone(),
             name: channel.clone(),
@@ -158,7 +192,7 @@ async fn publish(state: &ServerState, app: &App, event: &Event) -> Result<(), Ap
             &key,
             Publish {
                 frame,
-                except: event.except,
+                except,
                 from: None,
             },
         );
@@ -166,26 +200,35 @@ async fn publish(state: &ServerState, app: &App, event: &Event) -> Result<(), Ap
     Ok(())
 }
 
-/// The `info` attributes of one channel, as Pusher reports them after a trigger.
-fn channel_info(state: &ServerState, app: &App, channel: &ChannelName, info: Info) -> Value {
-    let stats = state.channels.stats(&ChannelKey {
-        app: app.id.clone(),
-        name: channel.clone(),
-    });
+/// The `info` attributes of one channel, as Pusher reports them after a trigger: from the
+/// cluster ledger when clustered, else from this node's channel counters.
+async fn channel_info(
+    state: &ServerState,
+    app: &App,
+    channel: &ChannelName,
+    info: Info,
+) -> Result<Value, ApiError> {
+    let (subscriptions, users) = match &state.ledger {
+        Some(ledger) => ledger
+            .channel(&app.id, channel)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        None => state
+            .channels
+            .stats(&ChannelKey {
+                app: app.id.clone(),
+                name: channel.clone(),
+            })
+            .map_or((0, 0), |s| (s.subscription_count, s.user_count)),
+    };
     let mut attrs = Map::new();
     if info.subscription_count {
-        attrs.insert(
-            "subscription_count".into(),
-            stats.map_or(0, |s| s.subscription_count).into(),
-        );
+        attrs.insert("subscription_count".into(), subscriptions.into());
     }
     if info.user_count && channel.is_presence() {
-        attrs.insert(
-            "user_count".into(),
-            stats.map_or(0, |s| s.user_count).into(),
-        );
+        attrs.insert("user_count".into(), users.into());
     }
-    Value::Object(attrs)
+    Ok(Value::Object(attrs))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -202,15 +245,14 @@ pub async fn trigger(
     let Signed { app, body, .. } = verify(&state, &req, &path, payload).await?;
     let body: EventBody = parse_json(&body)?;
     let event = validate(&app, body, app.limits.max_channels_per_trigger)?;
-    publish(&state, &app, &event).await?;
+    publish(&state, &app, std::slice::from_ref(&event)).await?;
     if !event.info.any() {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    let channels: BTreeMap<&str, Value> = event
-        .channels
-        .iter()
-        .map(|c| (c.as_str(), channel_info(&state, &app, c, event.info)))
-        .collect();
+    let mut channels: BTreeMap<&str, Value> = BTreeMap::new();
+    for c in &event.channels {
+        channels.insert(c.as_str(), channel_info(&state, &app, c, event.info).await?);
+    }
     Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
 }
 
@@ -243,15 +285,13 @@ pub async fn trigger_batch(
         })?;
         events.push(event);
     }
-    for event in &events {
-        publish(&state, &app, event).await?;
-    }
+    publish(&state, &app, &events).await?;
     if !events.iter().any(|e| e.info.any()) {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    let batch: Vec<Value> = events
-        .iter()
-        .map(|e| channel_info(&state, &app, &e.channels[0], e.info))
-        .collect();
+    let mut batch: Vec<Value> = Vec::with_capacity(events.len());
+    for e in &events {
+        batch.push(channel_info(&state, &app, &e.channels[0], e.info).await?);
+    }
     Ok(HttpResponse::Ok().json(json!({ "batch": batch })))
 }
