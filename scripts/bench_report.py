@@ -37,10 +37,12 @@ def sh(cmd):
     except Exception:
         return "?"
 
-print("# Benchmarks\n")
-print("Measured with `scripts/bench.sh` (the load generator in `loadtest/`): a release build of "
+print(f"# {os.environ.get('BENCH_TITLE', 'Benchmarks')}\n")
+print(os.environ.get("BENCH_INTRO") or (
+      "Measured with `scripts/bench.sh` (the load generator in `loadtest/`): a release build of "
       "bellhop pinned to core 0 (`taskset -c 0`, one worker thread), the generator pinned to core 1, "
-      f"{repeats} runs per row, a fresh server per run; min / median / max across runs.\n")
+      f"{repeats} runs per row, a fresh server per run; min / median / max across runs."))
+print()
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
 mem = sh("grep MemTotal /proc/meminfo")
 print(f"- machine: {sh('nproc')} cores, {mem}, {cpu}, kernel {platform.release()}")

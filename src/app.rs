@@ -356,6 +356,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let server = server.run();
     actix_web::rt::spawn(shutdown_on_signal(state.clone(), server.handle()));
     let result = server.await.map_err(RunError::Serve);
+    if let Some(ledger) = &state.ledger {
+        // The closed sockets' leaves reach the cluster now, not when this node is reaped.
+        let _ = tokio::time::timeout(Duration::from_secs(3), ledger.flush()).await;
+    }
     metrics_handle.stop(true).await;
     // Jobs in flight finish; queued ones stay in the store for the next worker.
     let _ = stop_workers.send(true);

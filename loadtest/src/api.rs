@@ -23,7 +23,7 @@ impl Api {
                 .pool_max_idle_per_host(256)
                 .tcp_nodelay(true)
                 .build()?,
-            base: format!("http://{}", target.addr()),
+            base: format!("http://{}", target.api_addr()),
             app_id: target.app_id.clone(),
             key: AppKey::parse(&target.key)?,
             secret: Secret::parse(&target.secret)?,

@@ -33,6 +33,10 @@ pub struct Target {
     /// tens of thousands of connections fit in the ephemeral port range.
     #[arg(long, value_delimiter = ',', global = true)]
     pub source_ips: Vec<IpAddr>,
+    /// Where HTTP API requests go (default: host:port), e.g. another node of the cluster, so
+    /// that every delivery crosses from one node to another.
+    #[arg(long, global = true)]
+    pub api: Option<SocketAddr>,
     /// The server's pid, to report its RSS and CPU time from /proc.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
@@ -41,6 +45,11 @@ pub struct Target {
 impl Target {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where the HTTP API is called.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.unwrap_or_else(|| self.addr())
     }
 
     /// The i-th node, round-robin over the main address and `--node`s.

@@ -133,11 +133,12 @@ local function full(e, max)
 end
 
 if mode == 'apply' then
-  -- payload: list of { e = entry, d = delta, i = user_info, max = limit, want = members? }
+  -- payload: list of { e = entry, d = delta, i = user_info, max = limit, want = members?,
+  -- x = socket, gated = refuse if the op before was refused }
   local out = {}
   for idx, op in ipairs(payload) do
     local r = {}
-    if op.d > 0 and full(op.e, op.max) then
+    if (op.gated and idx > 1 and out[idx - 1].full) or (op.d > 0 and full(op.e, op.max)) then
       r.full = true
     else
       local fact, t, d, pending = change(node, op.e, op.d, op.i, op.x)

@@ -142,6 +142,9 @@ pub struct Op {
     pub max: u64,
     /// Answer with the channel's members (presence subscribe).
     pub want_members: bool,
+    /// Refused whenever the op before it in the same call is refused (a presence member at
+    /// its limit takes its subscription with it).
+    pub gated: bool,
     /// The socket that caused the change, left out of the `member_added` it may cause (the
     /// script publishes member events itself, so that they keep the order it ran in).
     pub socket: Option<SocketId>,
@@ -155,6 +158,7 @@ impl Op {
             info: None,
             max: 0,
             want_members: false,
+            gated: false,
             socket: None,
         }
     }
@@ -265,6 +269,12 @@ impl Ledger {
             .map_err(|_| LedgerError::Unavailable("the ledger queue is full".into()))?;
         rx.await
             .map_err(|_| LedgerError::Unavailable("the ledger writer stopped".into()))?
+    }
+
+    /// Waits until every op submitted before it has reached Redis (or failed): shutdown
+    /// calls it so that the leaves of the closed sockets are not lost with the process.
+    pub async fn flush(&self) {
+        let _ = self.apply(Vec::new()).await;
     }
 
     /// Applies `ops` without waiting: leaves, whose facts the writer announces by itself.
@@ -551,6 +561,14 @@ impl Writer {
     }
 
     async fn apply(&mut self, batch: Vec<Request>) {
+        if batch.iter().all(|r| r.ops.is_empty()) {
+            for r in batch {
+                if let Some(reply) = r.reply {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+            }
+            return;
+        }
         let payload: Vec<Value> = batch
             .iter()
             .flat_map(|r| &r.ops)
@@ -562,6 +580,7 @@ impl Writer {
                     "max": op.max,
                     "want": op.want_members,
                     "x": op.socket.map(|s| s.to_string()),
+                    "gated": op.gated,
                 })
             })
             .collect();

@@ -258,8 +258,9 @@ impl Connection {
             op.max = self.app.limits.max_presence_members as u64;
             op.want_members = true;
             op.socket = Some(self.socket_id);
-            // The member goes first: a full channel must refuse before anything is counted.
+            // The member goes first: a full channel refuses it, and the subscription with it.
             ops.insert(0, op);
+            ops[1].gated = true;
         }
         match ledger.apply(ops).await {
             Ok(outcomes) => {

@@ -495,7 +495,11 @@ async fn counts_user_events_and_key_ttls_across_nodes() {
     guest.expect("pusher:signin_success").await;
     guest.subscribe("#server-to-user-guest-9").await;
     let r = Api::new(&nodes[0])
-        .trigger("#server-to-user-guest-9", "booking-confirmed", "{\"room\":12}")
+        .trigger(
+            "#server-to-user-guest-9",
+            "booking-confirmed",
+            "{\"room\":12}",
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let ev = guest.wait_for("booking-confirmed").await;
@@ -518,4 +522,50 @@ async fn counts_user_events_and_key_ttls_across_nodes() {
         let ttl: i64 = cli(&["TTL", k]).trim().parse().unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
     }
+}
+
+#[tokio::test]
+async fn the_presence_member_limit_holds_across_nodes() {
+    let redis = Redis::start();
+    let prefix = format!("full{:x}", rand::random::<u32>());
+    let toml = "[[apps]]\nid = '100'\nkey = 'test-key'\nsecret = 'test-secret'\nmax_presence_members = 2\n";
+    let nodes: Vec<_> = (0..3)
+        .map(|i| {
+            crate::harness::Setup::default()
+                .toml(toml)
+                .env("BELLHOP_REDIS_URL", &redis.url())
+                .env("BELLHOP_REDIS_PREFIX", &prefix)
+                .env("BELLHOP_NODE_ID", &format!("node-{i}"))
+                .start()
+        })
+        .collect();
+    let mut a = Client::connect(&nodes[0]).await;
+    a.subscribe_presence("presence-small", "1", json!({})).await;
+    let mut b = Client::connect(&nodes[1]).await;
+    b.subscribe_presence("presence-small", "2", json!({})).await;
+    // A third user on a third node finds the channel full.
+    let mut c = Client::connect(&nodes[2]).await;
+    let cd = json!({"user_id": "3"}).to_string();
+    let auth = c.sign("presence-small", Some(&cd));
+    c.subscribe_with("presence-small", Some(&auth), Some(&cd))
+        .await;
+    let ev = c.expect("pusher:subscription_error").await;
+    assert_eq!(ev["data"]["type"], "LimitReached");
+    assert_eq!(ev["data"]["status"], 400);
+    // An existing member may add a socket anywhere; the refusal counted nothing.
+    let mut b2 = Client::connect(&nodes[2]).await;
+    b2.subscribe_presence("presence-small", "2", json!({}))
+        .await;
+    let info = Api::new(&nodes[0])
+        .get(
+            "/channels/presence-small",
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
+    assert_eq!(
+        info.body,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+    a.expect("pusher_internal:member_added").await;
+    a.expect_silence().await;
 }

@@ -16,6 +16,7 @@ fn target(server: &crate::harness::Server) -> Target {
         secret: SECRET.into(),
         nodes: vec![],
         source_ips: vec![],
+        api: None,
         server_pid: None,
     }
 }
@@ -99,4 +100,27 @@ async fn generator_runs_every_scenario_without_loss() {
     .unwrap();
     assert!(r.ok, "{:?}", r.summary);
     assert_eq!(r.json["member_added"], 18);
+}
+
+#[tokio::test]
+async fn presence_churn_across_two_nodes_is_exact() {
+    let redis = crate::cluster::Redis::start();
+    let nodes = crate::cluster::nodes(&redis, 2);
+    let mut t = target(&nodes[0]);
+    t.nodes = vec![nodes[1].addr];
+    let r = presence_churn::run(
+        &t,
+        presence_churn::Args {
+            users: 20,
+            channels: 2,
+            cycles: 3,
+            pause_ms: 20,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["nodes"], 2);
+    assert_eq!(r.json["member_added"], r.json["expected"]);
+    assert_eq!(r.json["member_removed"], r.json["expected"]);
 }
