@@ -43,7 +43,7 @@ for row in "${MATRIX[@]}"; do
     # shellcheck disable=SC2086
     taskset -c 1 "$LOADTEST" --port "$PORT" --server-pid "$pid" \
       --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 $args \
-      | tee /dev/stderr | tail -n 1 >> "$results/$name.jsonl" || true
+      | tee -a /dev/stderr | tail -n 1 >> "$results/$name.jsonl" || true
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done

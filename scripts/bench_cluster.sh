@@ -3,7 +3,7 @@
 # of the bus), and cross-node delivery (every subscriber on node B, every trigger through
 # node A), plus presence churn across two nodes. Servers and a private redis-server share
 # core 0; the load generator runs on core 1. REPEATS runs each (default 3); writes
-# docs/cluster-benchmarks.md. Usage: scripts/bench_cluster.sh
+# docs/cluster-benchmarks.md. Usage: scripts/bench_cluster.sh [row-name ...] (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS="${REPEATS:-3}"
@@ -17,14 +17,15 @@ SERVER="$TARGET_DIR/release/bellhop"
 LOADTEST="$TARGET_DIR/release/bellhop-loadtest"
 ulimit -n 20000
 results=$(mktemp -d)
+data=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$results"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$results" "$data"; }
 trap cleanup EXIT
 
-start_node() { # port node-id [redis-url]
+start_node() { # port node-id [redis-url]; nodes of one run share $PREFIX
   local env=(BELLHOP_PORT="$1" BELLHOP_METRICS_PORT=0 BELLHOP_APP_CLIENT_EVENTS=true BELLHOP_WORKERS=1
-    BELLHOP_LOG=warn BELLHOP_NODE_ID="$2" BELLHOP_DATA_DIR="$results/data-$2")
-  [ -n "${3:-}" ] && env+=(BELLHOP_REDIS_URL="$3" BELLHOP_REDIS_PREFIX="bench$RANDOM")
+    BELLHOP_LOG=warn BELLHOP_NODE_ID="$2" BELLHOP_DATA_DIR="$data/$2-$RANDOM")
+  [ -n "${3:-}" ] && env+=(BELLHOP_REDIS_URL="$3" BELLHOP_REDIS_PREFIX="$PREFIX")
   env "${env[@]}" taskset -c 0 "$SERVER" >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return; sleep 0.1; done
@@ -41,9 +42,12 @@ MATRIX=(
   "trigger-q16-redis-bus|redis1|--port $PORT_A trigger --concurrency 16 --requests 30000"
   "presence-churn-2-nodes|redis2|--port $PORT_A --node 127.0.0.1:$PORT_B presence-churn --users 200 --channels 10 --cycles 5"
 )
+want=("$@")
 for row in "${MATRIX[@]}"; do
   IFS='|' read -r name topo args <<<"$row"
+  if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " =~ " $name " ]]; then continue; fi
   for i in $(seq 1 "$REPEATS"); do
+    PREFIX="bench$RANDOM"
     redis_url=""
     if [ "$topo" != memory ]; then
       taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
@@ -58,7 +62,7 @@ for row in "${MATRIX[@]}"; do
     # shellcheck disable=SC2086
     taskset -c 1 "$LOADTEST" --server-pid "$server_pid" \
       --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 $args \
-      | tee /dev/stderr | tail -n 1 >> "$results/$name.jsonl" || true
+      | tee -a /dev/stderr | tail -n 1 >> "$results/$name.jsonl" || true
     stop_all
   done
 done
