@@ -215,15 +215,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Duration::from_millis(cfg.webhook_batch_ms),
     )
     .start();
-    let (stop_workers, workers_stopped) = watch::channel(false);
-    let workers = Workers::new(store.clone(), cfg.node_id())
-        .lease(Duration::from_secs(cfg.job_lease_secs))
-        .handler(Arc::new(WebhookSender::new(
-            apps.clone(),
-            Duration::from_millis(cfg.webhook_timeout_ms),
-        )));
-    let pg_url = (store.dialect() == Dialect::Postgres).then(|| db_url.clone());
-    let workers = actix_web::rt::spawn(workers.run(pg_url, workers_stopped));
 
     let arbiters: Vec<actix::Arbiter> = (0..threads(cfg.channel_threads))
         .map(|_| actix::Arbiter::new())
@@ -272,6 +263,25 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             (bus, Some(ledger))
         }
     };
+    let delivery = Arc::new(crate::delivery::Engine {
+        store: store.clone(),
+        apps: apps.clone(),
+        registry: registry.clone(),
+        connections: connections.clone(),
+        ledger: ledger.clone(),
+        bus: bus.clone(),
+        node: node_id.clone(),
+    });
+    let (stop_workers, workers_stopped) = watch::channel(false);
+    let workers = Workers::new(store.clone(), cfg.node_id())
+        .lease(Duration::from_secs(cfg.job_lease_secs))
+        .handler(Arc::new(WebhookSender::new(
+            apps.clone(),
+            Duration::from_millis(cfg.webhook_timeout_ms),
+        )))
+        .handler(delivery.clone());
+    let pg_url = (store.dialect() == Dialect::Postgres).then(|| db_url.clone());
+    let workers = actix_web::rt::spawn(workers.run(pg_url, workers_stopped));
     let state = web::Data::new(ServerState {
         config: config.server.clone(),
         apps,
@@ -282,6 +292,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         webhooks: batcher.recipient(),
         bus,
         ledger,
+        delivery,
         event_budget: Default::default(),
         node_id,
     });

@@ -41,6 +41,9 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// The settings this app was built from (for the admin API to change and store).
     pub config: AppConfig,
+    pub rules: Arc<Vec<crate::delivery::rules::Rule>>,
+    pub fcm: Option<Arc<crate::delivery::fcm::Fcm>>,
+    pub mailer: Option<Arc<crate::delivery::email::Mailer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,12 @@ pub enum AppError {
     ZeroLimit(&'static str),
     #[error("{0} must be at most a year")]
     TooLong(&'static str),
+    #[error(transparent)]
+    Rule(#[from] crate::delivery::rules::RuleError),
+    #[error(transparent)]
+    Fcm(#[from] crate::delivery::fcm::FcmSetupError),
+    #[error(transparent)]
+    Email(#[from] crate::delivery::email::EmailSetupError),
 }
 
 impl App {
@@ -87,7 +96,27 @@ impl App {
         if c.signin_timeout_secs.is_some_and(|t| t > YEAR) {
             return Err(AppError::TooLong("signin_timeout_secs"));
         }
+        let rules = c
+            .rules
+            .iter()
+            .map(|r| crate::delivery::rules::Rule::new(r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fcm = c
+            .fcm
+            .as_ref()
+            .map(crate::delivery::fcm::Fcm::new)
+            .transpose()?
+            .map(Arc::new);
+        let mailer = c
+            .email
+            .as_ref()
+            .map(crate::delivery::email::Mailer::new)
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
+            rules: Arc::new(rules),
+            fcm,
+            mailer,
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),

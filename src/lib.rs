@@ -1,8 +1,8 @@
 //! bellhop: a self-hosted, Pusher-compatible realtime server.
 //!
 //! Three flows run through it (see `docs/architecture.md`): a WebSocket frame
-//! (`http::ws` → `connection` → `channel`), an HTTP trigger (`http::api` → `channel`), and,
-//! later, a notification (`delivery`).
+//! (`http::ws` → `connection` → `channel`), an HTTP trigger (`http::api` → `channel`), and a
+//! notification (`delivery`).
 
 pub mod app;
 pub mod apps;
@@ -10,6 +10,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod http;
 pub mod jobs;
 pub mod metrics;

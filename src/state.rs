@@ -27,6 +27,8 @@ pub struct ServerState {
     /// Cluster-wide counts, presence and limits (clustered only; alone, the channel actors
     /// and `apps` count by themselves).
     pub ledger: Option<Arc<Ledger>>,
+    /// Notifications: rules, direct API, directory and inbox.
+    pub delivery: Arc<crate::delivery::Engine>,
     /// The HTTP API's per-app message budgets when alone.
     pub event_budget: EventBudget,
     pub node_id: String,

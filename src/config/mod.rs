@@ -228,6 +228,13 @@ pub struct AppConfig {
     /// empty allows any.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Delivery rules: which triggered events notify whom, and how.
+    #[serde(default)]
+    pub rules: Vec<crate::delivery::rules::RuleConfig>,
+    #[serde(default)]
+    pub fcm: Option<crate::delivery::fcm::FcmConfig>,
+    #[serde(default)]
+    pub email: Option<crate::delivery::email::EmailConfig>,
 }
 
 fn d_cache_ttl() -> u64 {
@@ -286,6 +293,9 @@ impl AppConfig {
             cache_ttl_secs: d_cache_ttl(),
             allowed_origins: Vec::new(),
             max_subscriptions_per_connection: d_subs_per_conn(),
+            rules: Vec::new(),
+            fcm: None,
+            email: None,
         }
     }
 }

@@ -123,6 +123,14 @@ impl Connections {
         inner.watching.insert(socket_id, watchlist);
     }
 
+    /// Whether `user` is signed in on a socket of this node.
+    pub fn user_online(&self, app: &AppId, user: &UserId) -> bool {
+        self.inner
+            .lock()
+            .users
+            .contains_key(&(app.clone(), user.clone()))
+    }
+
     /// Closes every connection of `user` in `app`; returns how many.
     pub fn terminate_user(&self, app: &AppId, user: &UserId, request: CloseRequest) -> usize {
         let inner = self.inner.lock();

@@ -7,5 +7,5 @@ pub mod queue;
 pub mod retry;
 pub mod worker;
 
-pub use queue::{Attempt, Claimed, JobRow, NewJob, Outcome, Verdict};
+pub use queue::{Attempt, AttemptRow, Claimed, JobRow, NewJob, Outcome, Verdict};
 pub use worker::{Handler, Workers};

@@ -1,0 +1,196 @@
+//! Email over SMTP (lettre): STARTTLS or implicit TLS, AUTH, an extra root CA for a private
+//! relay, and a timeout on the whole send so a stalled server cannot hold a worker. A 4xx
+//! answer or a dropped connection is retried; a 5xx is permanent.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain connection upgraded with STARTTLS (required), port 587.
+    #[default]
+    Starttls,
+    /// TLS from the first byte, port 465.
+    Tls,
+    /// No TLS (a relay on the same host).
+    None,
+}
+
+/// `[apps.email]` in the config file.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub security: Security,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Never serialized: the admin API and logs do not see it.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// `Name <address>` the mail comes from.
+    pub from: String,
+    #[serde(default = "d_timeout")]
+    pub timeout_secs: u64,
+    /// A PEM root certificate to trust besides the public ones.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn d_timeout() -> u64 {
+    30
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSetupError {
+    #[error("email from {0:?} is not a valid mailbox")]
+    From(String),
+    #[error("cannot read the SMTP CA file {0}")]
+    Ca(String),
+    #[error("SMTP TLS setup: {0}")]
+    Tls(String),
+}
+
+pub struct File {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+    pub attachments: Vec<File>,
+    /// Stable per delivery, so a resend after a crash is recognisable as the same message.
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MailResult {
+    Sent(String),
+    Retry(String),
+    Rejected(String),
+    /// The recipient address cannot be used at all.
+    BadAddress(String),
+}
+
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    pub fn new(c: &EmailConfig) -> Result<Self, EmailSetupError> {
+        let from: Mailbox = c
+            .from
+            .parse()
+            .map_err(|_| EmailSetupError::From(c.from.clone()))?;
+        let tls = || -> Result<TlsParameters, EmailSetupError> {
+            let mut b = TlsParameters::builder(c.host.clone());
+            if let Some(path) = &c.ca_file {
+                let pem = std::fs::read(path).map_err(|_| EmailSetupError::Ca(path.clone()))?;
+                let cert =
+                    Certificate::from_pem(&pem).map_err(|_| EmailSetupError::Ca(path.clone()))?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build_rustls()
+                .map_err(|e| EmailSetupError::Tls(e.to_string()))
+        };
+        let (tls, port) = match c.security {
+            Security::Starttls => (Tls::Required(tls()?), 587),
+            Security::Tls => (Tls::Wrapper(tls()?), 465),
+            Security::None => (Tls::None, 25),
+        };
+        let timeout = Duration::from_secs(c.timeout_secs.max(1));
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
+            .port(c.port.unwrap_or(port))
+            .tls(tls)
+            .timeout(Some(timeout));
+        if let (Some(u), Some(p)) = (&c.username, &c.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.clone()));
+        }
+        Ok(Self {
+            transport: b.build(),
+            from,
+            timeout,
+        })
+    }
+
+    pub async fn send(&self, mail: Mail) -> MailResult {
+        let to: Mailbox = match mail.to.parse() {
+            Ok(m) => m,
+            Err(_) => {
+                return MailResult::BadAddress(format!("{:?} is not an email address", mail.to))
+            }
+        };
+        let text = SinglePart::plain(mail.text);
+        let body = match mail.html {
+            Some(html) => MultiPart::alternative()
+                .singlepart(text)
+                .singlepart(SinglePart::html(html)),
+            None => MultiPart::mixed().singlepart(text),
+        };
+        let body = mail
+            .attachments
+            .into_iter()
+            .fold(MultiPart::mixed().multipart(body), |m, f| {
+                let ct = ContentType::parse(&f.content_type).unwrap_or(ContentType::TEXT_PLAIN);
+                m.singlepart(Attachment::new(f.name).body(f.bytes, ct))
+            });
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject)
+            .message_id(Some(mail.message_id.clone()))
+            .multipart(body);
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => return MailResult::Rejected(format!("cannot build the message: {e}")),
+        };
+        // The transport's own timeout covers each command; this covers the whole exchange.
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Err(_) => MailResult::Retry(format!(
+                "the SMTP server did not finish within {} s",
+                self.timeout.as_secs()
+            )),
+            Ok(Ok(response)) => {
+                let text: Vec<&str> = response.message().collect();
+                MailResult::Sent(format!("{} {}", response.code(), text.join(" ")))
+            }
+            Ok(Err(e)) if e.is_permanent() => MailResult::Rejected(e.to_string()),
+            Ok(Err(e)) => MailResult::Retry(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The delivery engine: turns triggered events that match an app's rules (and direct API
+//! calls) into notifications, accepted in one transaction before the trigger is answered; and,
+//! as the job handler for `delivery`, decides at send time — preferences, quiet hours, whether
+//! the recipient is connected right now — and sends through the channel's provider.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_protocol::{server, AppId, ChannelName, UserId};
+use bytestring::ByteString;
+use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::email::{Mail, MailResult};
+use super::fcm::{Push, SendResult};
+use super::preferences::{allows, time_zone};
+use super::records::{DeliveryRow, NewDelivery, NewInboxItem, NewNotification, JOB_KIND};
+use super::rules::{self, ChannelKind, Condition, Deliver, Priority, Recipient, Rule};
+use super::templates::{for_locale, render, render_content, TemplateError};
+use crate::apps::{App, AppDirectory};
+use crate::channel::messages::Publish;
+use crate::channel::{ChannelKey, ChannelRegistry};
+use crate::cluster::{Body, Envelope, Ledger, SharedBus};
+use crate::connection::Connections;
+use crate::jobs::retry::Schedule;
+use crate::jobs::{Attempt, Claimed, Handler, Verdict};
+use crate::store::{now_ms, Store, StoreError};
+
+/// The event pushed to a user's sockets when an in-app item arrives.
+pub const INBOX_EVENT: &str = "bellhop:notification";
+
+/// A published event, as the delivery rules see it.
+pub struct Triggered<'a> {
+    pub channel: &'a ChannelName,
+    pub name: &'a str,
+    pub data: &'a str,
+}
+
+/// A direct notification (`POST /apps/{id}/notifications`).
+pub struct Direct {
+    pub users: Vec<String>,
+    pub kind: String,
+    pub priority: Priority,
+    pub data: Value,
+    pub deliver: Vec<Deliver>,
+    /// Scopes the deliveries' idempotency keys (the request's `Idempotency-Key`).
+    pub key: String,
+    pub send_at: Option<i64>,
+}
+
+pub struct Engine {
+    pub store: Store,
+    pub apps: Arc<AppDirectory>,
+    pub registry: Arc<ChannelRegistry>,
+    pub connections: Arc<Connections>,
+    pub ledger: Option<Arc<Ledger>>,
+    pub bus: SharedBus,
+    pub node: String,
+}
+
+/// An event's id: the same event (name, channel, data) always has the same one.
+fn event_id(channel: &str, name: &str, data: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [name, channel, data] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..12])
+}
+
+fn recipient_key(r: &Recipient) -> String {
+    match r {
+        Recipient::User(u) => format!("user:{u}"),
+        Recipient::Email(e) => format!("email:{}", e.to_ascii_lowercase()),
+    }
+}
+
+/// The key that makes a delivery happen once: the event (or the rule's own key) + recipient +
+/// type + channel.
+fn idempotency_key(base: &str, r: &Recipient, kind: &str, channel: ChannelKind) -> String {
+    format!("{base}|{}|{kind}|{}", recipient_key(r), channel.as_str())
+}
+
+/// What every notification from one rule (or API call) shares.
+struct Head<'a> {
+    kind: &'a str,
+    priority: Priority,
+    rule: Option<&'a str>,
+    source: String,
+}
+
+fn new_notification(
+    app: &AppId,
+    r: &Recipient,
+    head: &Head<'_>,
+    data: Value,
+    deliveries: Vec<NewDelivery>,
+) -> NewNotification {
+    let Head {
+        kind,
+        priority,
+        rule,
+        ref source,
+    } = *head;
+    let (user_id, address) = match r {
+        Recipient::User(u) => (Some(u.clone()), None),
+        Recipient::Email(e) => (None, Some(e.clone())),
+    };
+    NewNotification {
+        app_id: app.as_str().to_owned(),
+        user_id,
+        address,
+        kind: kind.to_owned(),
+        priority: match priority {
+            Priority::Normal => "normal".into(),
+            Priority::Critical => "critical".into(),
+        },
+        rule: rule.map(str::to_owned),
+        source: source.clone(),
+        data,
+        deliveries,
+    }
+}
+
+fn deliveries_for(
+    specs: &[Deliver],
+    base: &str,
+    r: &Recipient,
+    kind: &str,
+    run_at: i64,
+) -> Vec<NewDelivery> {
+    specs
+        .iter()
+        .map(|d| NewDelivery {
+            channel: d.channel.as_str().to_owned(),
+            idempotency_key: idempotency_key(base, r, kind, d.channel),
+            // An offline-only push waits out its grace period before it looks.
+            run_at: run_at + (d.offline_for_secs as i64) * 1000,
+            spec: serde_json::to_value(d).unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+impl Engine {
+    /// Members of a presence channel, cluster-wide when clustered.
+    async fn presence_members(&self, app: &AppId, channel: &str) -> Vec<String> {
+        let Ok(name) = ChannelName::parse(channel) else {
+            return Vec::new();
+        };
+        match &self.ledger {
+            Some(l) => l.members(app, &name).await.unwrap_or_default(),
+            None => self
+                .registry
+                .members(&ChannelKey {
+                    app: app.clone(),
+                    name,
+                })
+                .await
+                .into_iter()
+                .map(|u| u.as_str().to_owned())
+                .collect(),
+        }
+    }
+
+    async fn recipients(
+        &self,
+        app: &AppId,
+        rule: &Rule,
+        ctx: &Map<String, Value>,
+        payload: &Value,
+    ) -> BTreeSet<Recipient> {
+        let mut out = BTreeSet::new();
+        for spec in &rule.config.recipients {
+            if let Some(t) = &spec.user {
+                match render("recipient", t, ctx, false) {
+                    Ok(u) if !u.is_empty() => {
+                        out.insert(Recipient::User(u));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.config.name, error = %e, "recipient template failed")
+                    }
+                }
+            }
+            if let Some(f) = &spec.users_field {
+                for u in rules::field(payload, f)
+                    .map(rules::ids_in)
+                    .unwrap_or_default()
+                {
+                    out.insert(Recipient::User(u));
+                }
+            }
+            if let Some(f) = &spec.email_field {
+                if let Some(e) = rules::field(payload, f).and_then(Value::as_str) {
+                    out.insert(Recipient::Email(e.to_owned()));
+                }
+            }
+            for e in &spec.emails {
+                out.insert(Recipient::Email(e.clone()));
+            }
+            if let Some(t) = &spec.presence {
+                if let Ok(ch) = render("presence", t, ctx, false) {
+                    for u in self.presence_members(app, &ch).await {
+                        out.insert(Recipient::User(u));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Accepts the notifications the app's rules make of these events. `Ok` means they are in
+    /// the store: the caller may now publish and answer.
+    pub async fn accept_events(
+        &self,
+        app: &App,
+        events: &[Triggered<'_>],
+    ) -> Result<usize, StoreError> {
+        if app.rules.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut notes = Vec::new();
+        for ev in events {
+            let payload = rules::payload(ev.data);
+            let id = event_id(ev.channel.as_str(), ev.name, ev.data);
+            for rule in app.rules.iter() {
+                let Some(caps) = rule.matches(ev.channel.as_str(), ev.name, &payload) else {
+                    continue;
+                };
+                let ctx = rules::context(ev.name, ev.channel.as_str(), &payload, &caps);
+                let base = match &rule.config.idempotency_key {
+                    Some(t) => match render("idempotency_key", t, &ctx, false) {
+                        Ok(k) => format!("{}:{k}", rule.config.name),
+                        Err(e) => {
+                            tracing::warn!(rule = %rule.config.name, error = %e, "idempotency key template failed; using the event id");
+                            id.clone()
+                        }
+                    },
+                    None => id.clone(),
+                };
+                let c = &rule.config;
+                let head = Head {
+                    kind: &c.kind,
+                    priority: c.priority,
+                    rule: Some(&c.name),
+                    source: format!("event:{id}"),
+                };
+                for r in self.recipients(&app.id, rule, &ctx, &payload).await {
+                    let deliveries = deliveries_for(&c.deliver, &base, &r, &c.kind, now);
+                    let data = Value::Object(ctx.clone());
+                    notes.push(new_notification(&app.id, &r, &head, data, deliveries));
+                }
+            }
+        }
+        if notes.is_empty() {
+            return Ok(0);
+        }
+        let accepted = self.store.accept_notifications(&notes).await?;
+        tracing::debug!(app_id = %app.id, deliveries = accepted.len(), "notifications accepted");
+        Ok(accepted.len())
+    }
+
+    /// Accepts a direct notification to users; returns the new delivery ids.
+    pub async fn accept_direct(&self, app: &App, d: Direct) -> Result<Vec<i64>, StoreError> {
+        let run_at = d.send_at.unwrap_or_else(now_ms);
+        let base = format!("api:{}", d.key);
+        let mut ctx = match &d.data {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        ctx.insert("data".into(), d.data.clone());
+        let head = Head {
+            kind: &d.kind,
+            priority: d.priority,
+            rule: None,
+            source: "api".into(),
+        };
+        let notes: Vec<_> = d
+            .users
+            .iter()
+            .map(|u| {
+                let r = Recipient::User(u.clone());
+                let deliveries = deliveries_for(&d.deliver, &base, &r, &d.kind, run_at);
+                new_notification(&app.id, &r, &head, Value::Object(ctx.clone()), deliveries)
+            })
+            .collect();
+        self.store.accept_notifications(&notes).await
+    }
+
+    /// Whether the user has a live socket: signed in as them anywhere, or subscribed to the
+    /// channel the event went to.
+    async fn connected(&self, app: &AppId, user: &str, channel: Option<&str>) -> bool {
+        let Ok(uid) = UserId::parse(user, 4096) else {
+            return false;
+        };
+        let channel = channel.and_then(|c| ChannelName::parse(c).ok());
+        match &self.ledger {
+            Some(l) => {
+                let online = l
+                    .online(app, std::slice::from_ref(&uid))
+                    .await
+                    .map(|v| v.first().copied().unwrap_or(false))
+                    .unwrap_or(false);
+                let subscribed = match &channel {
+                    Some(c) => l.channel(app, c).await.map(|(n, _)| n > 0).unwrap_or(false),
+                    None => false,
+                };
+                online || subscribed
+            }
+            None => {
+                self.connections.user_online(app, &uid)
+                    || channel.is_some_and(|name| {
+                        self.registry
+                            .stats(&ChannelKey {
+                                app: app.clone(),
+                                name,
+                            })
+                            .is_some()
+                    })
+            }
+        }
+    }
+
+    /// Pushes an in-app item and the unread count to the user's sockets on every node.
+    async fn push_inbox(
+        &self,
+        app: &AppId,
+        user: &str,
+        item: &super::records::InboxItem,
+        unread: i64,
+    ) {
+        let Ok(channel) = ChannelName::parse(&format!("#server-to-user-{user}")) else {
+            return;
+        };
+        let data = json!({ "item": item, "unread_count": unread }).to_string();
+        let frame = ByteString::from(server::channel_event(INBOX_EVENT, channel.as_str(), &data));
+        if !self.bus.alone() {
+            let env = Envelope {
+                origin: self.node.clone(),
+                app: app.clone(),
+                body: Body::Event {
+                    channel: channel.clone(),
+                    except: None,
+                    cacheable: false,
+                    frame: frame.clone(),
+                },
+            };
+            if let Err(e) = self.bus.publish(env).await {
+                tracing::warn!(error = %e, "inbox push not shared with other nodes");
+            }
+        }
+        self.registry.publish(
+            &ChannelKey {
+                app: app.clone(),
+                name: channel,
+            },
+            Publish {
+                frame,
+                except: None,
+                from: None,
+            },
+        );
+    }
+
+    async fn run_delivery(&self, job: &Claimed) -> Result<Step, StoreError> {
+        let id = serde_json::from_str::<Value>(&job.payload)
+            .ok()
+            .and_then(|v| v["delivery_id"].as_i64());
+        let Some(id) = id else {
+            return Ok(Step::Failed("job payload names no delivery".into()));
+        };
+        let Some(row) = self.store.delivery(id).await? else {
+            return Ok(Step::Failed(format!("delivery {id} not found")));
+        };
+        if matches!(
+            row.state.as_str(),
+            "sent" | "skipped" | "failed" | "cancelled"
+        ) {
+            return Ok(Step::Already);
+        }
+        let step = self.decide(&row).await?;
+        let (state, reason) = match &step {
+            Step::Sent(r) => ("sent", Some(r.as_str())),
+            Step::Skipped(r) => ("skipped", Some(r.as_str())),
+            Step::Failed(r) => ("failed", Some(r.as_str())),
+            Step::Held { reason, .. } => ("held", Some(reason.as_str())),
+            Step::Retry { reason, .. } => ("pending", Some(reason.as_str())),
+            Step::Already => return Ok(step),
+        };
+        self.store
+            .set_delivery_state(row.id, state, reason, None)
+            .await?;
+        Ok(step)
+    }
+
+    async fn decide(&self, row: &DeliveryRow) -> Result<Step, StoreError> {
+        let spec: Deliver = match serde_json::from_value(row.spec.clone()) {
+            Ok(s) => s,
+            Err(e) => return Ok(Step::Failed(format!("delivery spec unreadable: {e}"))),
+        };
+        let Some(app) = self.apps.by_id(&row.app_id) else {
+            return Ok(Step::Failed("the app no longer exists".into()));
+        };
+        let profile = match &row.user_id {
+            Some(u) => self.store.profile(&row.app_id, u).await?,
+            None => None,
+        };
+        let critical = row.priority == "critical";
+        let channel = spec.channel.as_str();
+        if let Some(p) = profile.as_ref().filter(|_| !critical) {
+            if !allows(&p.preferences, &row.kind, channel) {
+                return Ok(Step::Skipped(format!(
+                    "the recipient turned {} off on {channel}",
+                    row.kind
+                )));
+            }
+            if spec.channel != ChannelKind::InApp {
+                if let (Some(q), Ok(tz)) = (&p.quiet_hours, time_zone(p.time_zone.as_deref())) {
+                    if let Some(end) = q.ends_after(chrono::Utc::now(), tz) {
+                        let wait = (end.timestamp_millis() - now_ms()).max(1000) as u64;
+                        return Ok(Step::Held {
+                            reason: format!("quiet hours until {}", end.to_rfc3339()),
+                            wait: Duration::from_millis(wait),
+                        });
+                    }
+                }
+            }
+        }
+        let app_id = app.id.clone();
+        match spec.when {
+            Condition::Always => {}
+            Condition::Offline => {
+                let user = row.user_id.as_deref().unwrap_or("");
+                let event_channel = row.data["channel"].as_str();
+                if self.connected(&app_id, user, event_channel).await {
+                    return Ok(Step::Skipped("the recipient is connected".into()));
+                }
+            }
+            Condition::NoDevice => {
+                if let Some(u) = &row.user_id {
+                    if self
+                        .store
+                        .devices(&row.app_id, u)
+                        .await?
+                        .iter()
+                        .any(|d| d.active)
+                    {
+                        return Ok(Step::Skipped("the recipient has a device for push".into()));
+                    }
+                }
+            }
+        }
+        let mut ctx = match &row.data {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        ctx.insert(
+            "recipient".into(),
+            serde_json::to_value(&profile).unwrap_or(Value::Null),
+        );
+        let content = for_locale(
+            &spec.content,
+            &spec.locales,
+            profile.as_ref().and_then(|p| p.locale.as_deref()),
+        );
+        let rendered = match render_content(content, &ctx) {
+            Ok(r) => r,
+            Err(TemplateError { what, message }) => {
+                return Ok(Step::Failed(format!("template {what}: {message}")))
+            }
+        };
+        match spec.channel {
+            ChannelKind::InApp => {
+                let Some(user) = &row.user_id else {
+                    return Ok(Step::Skipped("in-app needs a user id".into()));
+                };
+                let item = self
+                    .store
+                    .add_inbox_item(
+                        &row.app_id,
+                        user,
+                        NewInboxItem {
+                            notification: row.notification_id,
+                            kind: &row.kind,
+                            title: &rendered.title,
+                            body: &rendered.body,
+                            data: &Value::Object(rendered.data),
+                        },
+                    )
+                    .await?;
+                if let Some(item) = item {
+                    let unread = self.store.unread_count(&row.app_id, user).await?;
+                    self.push_inbox(&app_id, user, &item, unread).await;
+                }
+                Ok(Step::Sent("in the inbox".into()))
+            }
+            ChannelKind::Fcm => {
+                let Some(fcm) = app.fcm.clone() else {
+                    return Ok(Step::Failed("the app has no FCM configured".into()));
+                };
+                let Some(user) = &row.user_id else {
+                    return Ok(Step::Skipped("push needs a user id".into()));
+                };
+                let devices: Vec<_> = self
+                    .store
+                    .devices(&row.app_id, user)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.active)
+                    .collect();
+                if devices.is_empty() {
+                    return Ok(Step::Skipped("no device".into()));
+                }
+                let done: Vec<String> = row
+                    .provider_id
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                let push = Push {
+                    title: rendered.title,
+                    body: rendered.body,
+                    data: rendered.data,
+                    click_action: spec.click_action.clone(),
+                    collapse_key: spec.collapse_key.clone(),
+                };
+                let mut sent = done.clone();
+                let (mut retry, mut rejected, mut gone) = (None, None, 0);
+                for d in devices.iter().filter(|d| !done.contains(&d.token)) {
+                    match fcm.send(&d.token, &push).await {
+                        SendResult::Sent(_) => sent.push(d.token.clone()),
+                        SendResult::TokenGone(reason) => {
+                            gone += 1;
+                            self.store
+                                .deactivate_device(&row.app_id, &d.token, &reason)
+                                .await?;
+                        }
+                        SendResult::Retry { after, reason } => {
+                            retry = Some((after, reason));
+                        }
+                        SendResult::Rejected(reason) => rejected = Some(reason),
+                    }
+                }
+                // What FCM acknowledged is kept, so a retry sends only to the others.
+                let acked = serde_json::to_string(&sent).unwrap_or_default();
+                self.store
+                    .set_delivery_state(row.id, "pending", None, Some(&acked))
+                    .await?;
+                Ok(match (retry, rejected) {
+                    (Some((after, reason)), _) => Step::Retry { after, reason },
+                    (None, Some(reason)) if sent.is_empty() => Step::Failed(reason),
+                    _ if !sent.is_empty() => {
+                        Step::Sent(format!("pushed to {} device(s)", sent.len()))
+                    }
+                    _ => Step::Skipped(format!("every device token is gone ({gone})")),
+                })
+            }
+            ChannelKind::Email => {
+                let Some(mailer) = app.mailer.clone() else {
+                    return Ok(Step::Failed("the app has no email configured".into()));
+                };
+                let to = row
+                    .address
+                    .clone()
+                    .or_else(|| profile.as_ref().and_then(|p| p.email.clone()));
+                let Some(to) = to else {
+                    return Ok(Step::Skipped("no email address".into()));
+                };
+                let mail = Mail {
+                    to,
+                    subject: rendered.subject,
+                    text: rendered.body,
+                    html: rendered.html,
+                    attachments: Vec::new(),
+                    message_id: format!("<delivery-{}-{}@bellhop>", row.id, row.created_at),
+                };
+                Ok(match mailer.send(mail).await {
+                    MailResult::Sent(r) => Step::Sent(r),
+                    MailResult::Retry(reason) => Step::Retry {
+                        after: None,
+                        reason,
+                    },
+                    MailResult::Rejected(r) => Step::Failed(r),
+                    MailResult::BadAddress(r) => Step::Skipped(r),
+                })
+            }
+        }
+    }
+}
+
+/// What became of one attempt.
+enum Step {
+    Sent(String),
+    Skipped(String),
+    Failed(String),
+    Held {
+        reason: String,
+        wait: Duration,
+    },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Decided by an earlier attempt.
+    Already,
+}
+
+const SCHEDULE: Schedule = Schedule {
+    base: Duration::from_secs(2),
+    max: Duration::from_secs(300),
+};
+
+impl Handler for Engine {
+    fn kind(&self) -> &'static str {
+        JOB_KIND
+    }
+
+    fn schedule(&self) -> Schedule {
+        SCHEDULE
+    }
+
+    fn run<'a>(&'a self, job: &'a Claimed) -> BoxFuture<'a, Attempt> {
+        Box::pin(async move {
+            let (verdict, detail) = match self.run_delivery(job).await {
+                Ok(Step::Sent(r)) => (Verdict::Done, format!("sent: {r}")),
+                Ok(Step::Skipped(r)) => (Verdict::Done, format!("skipped: {r}")),
+                Ok(Step::Already) => (Verdict::Done, "already decided".into()),
+                Ok(Step::Failed(r)) => (Verdict::Permanent, r),
+                Ok(Step::Held { reason, wait }) => (
+                    Verdict::Retry {
+                        retry_after: Some(wait),
+                    },
+                    reason,
+                ),
+                Ok(Step::Retry { after, reason }) => {
+                    (Verdict::Retry { retry_after: after }, reason)
+                }
+                Err(e) => (Verdict::Retry { retry_after: None }, format!("store: {e}")),
+            };
+            Attempt {
+                verdict,
+                http_status: None,
+                detail,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_event_has_the_same_id_and_keys_differ_by_channel_and_person() {
+        let a = event_id("hotel-1", "order", "{\"id\":1}");
+        assert_eq!(a, event_id("hotel-1", "order", "{\"id\":1}"));
+        assert_ne!(a, event_id("hotel-1", "order", "{\"id\":2}"));
+        assert_ne!(a, event_id("hotel-2", "order", "{\"id\":1}"));
+        let ann = Recipient::User("ann".into());
+        let k1 = idempotency_key(&a, &ann, "t", ChannelKind::Fcm);
+        assert_ne!(k1, idempotency_key(&a, &ann, "t", ChannelKind::Email));
+        assert_ne!(
+            k1,
+            idempotency_key(&a, &Recipient::User("bob".into()), "t", ChannelKind::Fcm)
+        );
+        assert_eq!(
+            idempotency_key(
+                "k",
+                &Recipient::Email("A@x.io".into()),
+                "t",
+                ChannelKind::Email
+            ),
+            "k|email:a@x.io|t|email"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The notification engine: delivery rules turn triggered events into notifications for the
+//! people concerned (`rules`), accepted durably with their deliveries (`records`), then sent
+//! by the job workers through in-app, FCM (`fcm`) or email (`email`), with templates
+//! (`templates`), the recipient's preferences and quiet hours (`preferences`), and live
+//! presence deciding whether a push is needed at all (`engine`).
+
+pub mod email;
+mod engine;
+pub mod fcm;
+pub mod preferences;
+pub mod records;
+pub mod rules;
+pub mod templates;
+
+pub use engine::{Direct, Engine, Triggered, INBOX_EVENT};
