@@ -30,6 +30,8 @@ use crate::store::{now_ms, Store, StoreError};
 
 /// The event pushed to a user's sockets when an in-app item arrives.
 pub const INBOX_EVENT: &str = "bellhop:notification";
+/// The event pushed when the unread count changes otherwise (read, deleted).
+pub const UNREAD_EVENT: &str = "bellhop:inbox";
 
 /// A published event, as the delivery rules see it.
 pub struct Triggered<'a> {
@@ -332,11 +334,23 @@ impl Engine {
         item: &super::records::InboxItem,
         unread: i64,
     ) {
+        let data = json!({ "item": item, "unread_count": unread });
+        self.push_to_user(app, user, INBOX_EVENT, &data).await;
+    }
+
+    /// Tells the user's sockets the unread count changed (read, deleted).
+    pub async fn push_unread(&self, app: &AppId, user: &str, unread: i64) {
+        let data = json!({ "unread_count": unread });
+        self.push_to_user(app, user, UNREAD_EVENT, &data).await;
+    }
+
+    /// An event on `#server-to-user-{user}`, which signed-in pusher-js clients receive.
+    async fn push_to_user(&self, app: &AppId, user: &str, event: &str, data: &Value) {
         let Ok(channel) = ChannelName::parse(&format!("#server-to-user-{user}")) else {
             return;
         };
-        let data = json!({ "item": item, "unread_count": unread }).to_string();
-        let frame = ByteString::from(server::channel_event(INBOX_EVENT, channel.as_str(), &data));
+        let frame = server::channel_event(event, channel.as_str(), &data.to_string());
+        let frame = ByteString::from(frame);
         if !self.bus.alone() {
             let env = Envelope {
                 origin: self.node.clone(),

@@ -12,4 +12,4 @@ pub mod records;
 pub mod rules;
 pub mod templates;
 
-pub use engine::{Direct, Engine, Triggered, INBOX_EVENT};
+pub use engine::{Direct, Engine, Triggered, INBOX_EVENT, UNREAD_EVENT};

@@ -17,6 +17,7 @@ use crate::apps::App;
 use crate::channel::messages::Publish;
 use crate::channel::ChannelKey;
 use crate::cluster::{Body, Envelope};
+use crate::delivery::Triggered;
 use crate::http::ApiError;
 use crate::state::ServerState;
 
@@ -147,7 +148,8 @@ async fn take_budget(state: &ServerState, app: &App, messages: u64) -> Result<()
     }
 }
 
-/// Hands every (event, channel) frame to the other nodes first, then to local subscribers.
+/// Accepts the notifications the events make, then hands every (event, channel) frame to the
+/// other nodes, then to local subscribers.
 /// If the bus refuses, the request fails before any local delivery, so a 200 always means
 /// every node got the event; when the backend retries, no node has seen it yet.
 async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(), ApiError> {
@@ -161,6 +163,26 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
         })
         .collect();
     take_budget(state, app, frames.len() as u64).await?;
+    // Notifications the rules make of these events are accepted (committed) first: a 200
+    // means they will be delivered, and a store failure publishes nothing.
+    let triggered: Vec<Triggered<'_>> = events
+        .iter()
+        .flat_map(|e| {
+            e.channels.iter().map(|c| Triggered {
+                channel: c,
+                name: &e.name,
+                data: &e.data,
+            })
+        })
+        .collect();
+    state
+        .delivery
+        .accept_events(app, &triggered)
+        .await
+        .map_err(|e| {
+            tracing::warn!(app_id = %app.id, error = %e, "trigger refused: notifications could not be accepted");
+            ApiError::Unavailable("the store is unavailable; nothing was published".into())
+        })?;
     if !state.bus.alone() {
         let envelopes = frames
             .iter()

@@ -2,7 +2,10 @@
 //! with [`signed::verify`]; nothing reaches a channel before the signature holds.
 
 pub mod channels;
+pub mod directory;
 pub mod events;
+pub mod inbox;
+pub mod notifications;
 pub mod signed;
 pub mod users;
 
