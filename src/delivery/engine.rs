@@ -475,8 +475,9 @@ impl Engine {
             "recipient".into(),
             serde_json::to_value(&profile).unwrap_or(Value::Null),
         );
+        let default = spec.content();
         let content = for_locale(
-            &spec.content,
+            &default,
             &spec.locales,
             profile.as_ref().and_then(|p| p.locale.as_deref()),
         );

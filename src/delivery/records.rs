@@ -15,6 +15,8 @@ const DELIVERY_EXPIRY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Profile {
+    /// Taken from the path when the body leaves it out.
+    #[serde(default)]
     pub user_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
@@ -339,23 +341,9 @@ impl Store {
         let now = now_ms();
         let mut accepted = Vec::new();
         let mut tx = self.pool.begin().await?;
+        // Every statement here writes, the first one included: on SQLite a transaction that
+        // read first could not upgrade to a write once another writer committed.
         for n in notes {
-            let mut fresh = Vec::new();
-            for d in &n.deliveries {
-                let taken = sqlx::query(
-                    "SELECT 1 FROM deliveries WHERE app_id = $1 AND idempotency_key = $2",
-                )
-                .bind(&n.app_id)
-                .bind(&d.idempotency_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if taken.is_none() {
-                    fresh.push(d);
-                }
-            }
-            if fresh.is_empty() {
-                continue;
-            }
             let note_id: i64 = sqlx::query(
                 "INSERT INTO notifications (app_id, user_id, address, type, priority, rule, source, \
                  data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -372,7 +360,8 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-            for d in fresh {
+            let mut any = false;
+            for d in &n.deliveries {
                 let state = if d.run_at > now {
                     "scheduled"
                 } else {
@@ -419,6 +408,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 accepted.push(id);
+                any = true;
+            }
+            if !any {
+                // Every delivery was accepted before: the notification is not recorded twice.
+                sqlx::query("DELETE FROM notifications WHERE id = $1")
+                    .bind(note_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;

@@ -81,8 +81,16 @@ pub struct Deliver {
     pub when: Condition,
     #[serde(default)]
     pub offline_for_secs: u64,
-    #[serde(flatten)]
-    pub content: Content,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
     /// Variants by locale (`fr`, `pt-BR`); the recipient's locale picks one, then its
     /// language, then the default above.
     #[serde(default)]
@@ -92,6 +100,19 @@ pub struct Deliver {
     pub click_action: Option<String>,
     #[serde(default)]
     pub collapse_key: Option<String>,
+}
+
+impl Deliver {
+    /// The default-locale templates.
+    pub fn content(&self) -> Content {
+        Content {
+            title: self.title.clone(),
+            body: self.body.clone(),
+            subject: self.subject.clone(),
+            html: self.html.clone(),
+            data: self.data.clone(),
+        }
+    }
 }
 
 /// Who a rule notifies. Exactly one field is set.
@@ -391,7 +412,11 @@ mod tests {
                 channel: ChannelKind::InApp,
                 when: Condition::Always,
                 offline_for_secs: 0,
-                content: Content::default(),
+                title: None,
+                body: None,
+                subject: None,
+                html: None,
+                data: BTreeMap::new(),
                 locales: BTreeMap::new(),
                 click_action: None,
                 collapse_key: None,

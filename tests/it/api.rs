@@ -62,15 +62,30 @@ impl<'a> Api<'a> {
     }
 
     pub async fn raw(&self, method: &str, path: &str, query: &str, body: Vec<u8>) -> Reply {
+        self.raw_with(method, path, query, body, &[]).await
+    }
+
+    pub async fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let url = format!("{}?{query}", self.server.http(path));
-        let req = match method {
+        let mut req = match method {
             "GET" => self.http.get(url),
-            _ => self
+            "DELETE" => self.http.delete(url),
+            m => self
                 .http
-                .post(url)
+                .request(m.parse().unwrap(), url)
                 .header("content-type", "application/json")
                 .body(body),
         };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
@@ -85,6 +100,20 @@ impl<'a> Api<'a> {
         let body = body.to_string().into_bytes();
         let q = self.signed_query("POST", &path, &[], &body);
         self.raw("POST", &path, &q, body).await
+    }
+
+    /// A signed request of any method to `/apps/{id}{path_after_app}`, with extra headers.
+    pub async fn send(
+        &self,
+        method: &str,
+        path_after_app: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let path = format!("/apps/{}{path_after_app}", self.app_id);
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let q = self.signed_query(method, &path, &[], &body);
+        self.raw_with(method, &path, &q, body, headers).await
     }
 
     pub async fn get(&self, path_after_app: &str, params: &[(&str, &str)]) -> Reply {

@@ -1,0 +1,608 @@
+//! The delivery engine end to end: rules turn triggered events into in-app items, FCM pushes
+//! and emails; a local FCM (token endpoint checking the JWT's signature, `messages:send`
+//! checking each body) answers as the real one does, errors included; email goes to a real
+//! SMTP server (aiosmtpd, STARTTLS + AUTH). Live presence decides whether a push is needed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::client::{data, Client};
+use crate::harness::Setup;
+use crate::mock_http::{Mock, Response};
+use crate::surface::signin_frame;
+
+const PROJECT: &str = "hotelmate-test";
+const CLIENT_EMAIL: &str = "bellhop@hotelmate-test.iam.gserviceaccount.com";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// How the fake FCM answers `messages:send` for one device token, in order; the last answer
+/// repeats.
+type Script = HashMap<&'static str, Vec<Response>>;
+
+fn fcm_error(status: u16, code: &str, error_code: &str, message: &str) -> Response {
+    Response::json(
+        status,
+        json!({"error": {"code": status, "message": message, "status": code,
+            "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": error_code}]}}),
+    )
+}
+
+/// A fake FCM: `/token` checks the service account's RS256 JWT with the public key and hands
+/// out `ya29.test-N`; `/v1/projects/{PROJECT}/messages:send` wants a token it handed out.
+async fn fake_fcm(script: Script) -> Mock {
+    let public = std::fs::read(fixture("fcm-test-key.pub.pem")).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap();
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sends = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let token_url: Arc<Mutex<String>> = Arc::default();
+    let url_for_check = token_url.clone();
+    let mock = Mock::start(move |req| {
+        if req.path == "/token" {
+            let form: HashMap<String, String> = url_form(&req.body);
+            if form.get("grant_type").map(String::as_str)
+                != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            {
+                return Response::json(400, json!({"error": "unsupported_grant_type"}));
+            }
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+            v.set_audience(&[url_for_check.lock().unwrap().clone()]);
+            v.set_issuer(&[CLIENT_EMAIL]);
+            let Ok(claims) = jsonwebtoken::decode::<Value>(&form["assertion"], &key, &v) else {
+                return Response::json(400, json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}));
+            };
+            assert_eq!(
+                claims.claims["scope"],
+                "https://www.googleapis.com/auth/firebase.messaging"
+            );
+            let header = jsonwebtoken::decode_header(&form["assertion"]).unwrap();
+            assert_eq!(header.kid.as_deref(), Some("test-key-1"));
+            let mut issued = issued.lock().unwrap();
+            let t = format!("ya29.test-{}", issued.len() + 1);
+            issued.push(t.clone());
+            return Response::json(
+                200,
+                json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}),
+            );
+        }
+        if req.path == format!("/v1/projects/{PROJECT}/messages:send") {
+            let bearer = req.headers.get("authorization").cloned().unwrap_or_default();
+            let known = issued
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| bearer == format!("Bearer {t}"));
+            if !known {
+                return fcm_error(401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR", "Request had invalid authentication credentials.");
+            }
+            let body: Value = serde_json::from_str(&req.body).unwrap();
+            let token = body["message"]["token"].as_str().unwrap_or("").to_owned();
+            let Some(answers) = script.get(token.as_str()) else {
+                return fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token");
+            };
+            let mut sends = sends.lock().unwrap();
+            let n = sends.entry(token).or_default();
+            let answer = answers[(*n).min(answers.len() - 1)].clone();
+            *n += 1;
+            return answer;
+        }
+        Response::json(404, json!({"error": "not found"}))
+    })
+    .await;
+    *token_url.lock().unwrap() = mock.url("/token");
+    mock
+}
+
+fn url_form(body: &str) -> HashMap<String, String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn ok(n: u32) -> Response {
+    Response::json(
+        200,
+        json!({"name": format!("projects/{PROJECT}/messages/{n}")}),
+    )
+}
+
+/// Writes a service-account key file whose token_uri is the fake's.
+fn service_account(dir: &Path, fcm: &Mock) -> PathBuf {
+    let key = std::fs::read_to_string(fixture("fcm-test-key.pem")).unwrap();
+    let sa = json!({
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "test-key-1",
+        "private_key": key, "client_email": CLIENT_EMAIL, "token_uri": fcm.url("/token"),
+    });
+    let path = dir.join("service-account.json");
+    std::fs::write(&path, sa.to_string()).unwrap();
+    path
+}
+
+/// The HotelMate porter rule: an in-app item always, and a push only to a porter who is not
+/// connected (no socket signed in as them or on their channel).
+fn hotel_toml(sa: &Path, fcm: &Mock) -> String {
+    r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[apps.fcm]
+service_account_file = 'SA'
+base_url = 'FCM'
+
+[[apps.rules]]
+name = 'porter-order'
+channel = '{hotel}-staff-{staff_id}-porter'
+event = 'new-room-service-order'
+type = 'room_service_order'
+recipients = [{ user = '{{ staff_id }}' }]
+
+[[apps.rules.deliver]]
+channel = 'in_app'
+title = 'New room service order'
+body = 'Room {{ room_number }}'
+
+[[apps.rules.deliver]]
+channel = 'fcm'
+when = 'offline'
+title = '🔔 New Room Service Order'
+body = 'Room {{ room_number }} - €{{ total_price }}'
+click_action = 'FLUTTER_NOTIFICATION_CLICK'
+data = { type = 'room_service_order', order_id = '{{ order_id }}', route = '/orders/room-service' }
+"#
+    .replace("SA", sa.to_str().unwrap())
+    .replace("FCM", &fcm.url(""))
+}
+
+async fn put(api: &Api<'_>, path: &str, body: Value) -> crate::api::Reply {
+    api.send("PUT", path, Some(&body), &[]).await
+}
+
+async fn deliveries(api: &Api<'_>, user: &str) -> Vec<Value> {
+    let r = api.get(&format!("/users/{user}/notifications"), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["deliveries"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// Waits until every delivery of `user` has left pending/held/scheduled.
+async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Value> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let d = deliveries(api, user).await;
+        let done = d.len() >= n
+            && d.iter()
+                .all(|d| !matches!(d["state"].as_str(), Some("pending" | "held" | "scheduled")));
+        if done || tokio::time::Instant::now() > end {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn state_of(ds: &[Value], channel: &str) -> (String, String) {
+    let d = ds
+        .iter()
+        .find(|d| d["channel"] == channel)
+        .unwrap_or_else(|| panic!("no {channel} delivery in {ds:?}"));
+    (
+        d["state"].as_str().unwrap().to_owned(),
+        d["reason"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let fcm = fake_fcm(HashMap::from([
+        ("tok-42-phone", vec![ok(1)]),
+        (
+            "tok-42-old",
+            vec![fcm_error(
+                404,
+                "NOT_FOUND",
+                "UNREGISTERED",
+                "Requested entity was not found.",
+            )],
+        ),
+        ("tok-43", vec![ok(2)]),
+        (
+            "tok-44",
+            vec![
+                fcm_error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "QUOTA_EXCEEDED",
+                    "Quota exceeded.",
+                )
+                .header("retry-after", "1"),
+                ok(3),
+            ],
+        ),
+    ]))
+    .await;
+    let sa = service_account(dir.path(), &fcm);
+    let server = Setup::default().toml(&hotel_toml(&sa, &fcm)).start();
+    let api = Api::new(&server);
+    for (user, tokens) in [
+        ("42", vec!["tok-42-phone", "tok-42-old"]),
+        ("43", vec!["tok-43"]),
+        ("44", vec!["tok-44"]),
+    ] {
+        let r = put(
+            &api,
+            &format!("/users/{user}"),
+            json!({"display_name": format!("Porter {user}"), "locale": "en"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for t in tokens {
+            let r = api
+                .post(
+                    &format!("users/{user}/devices"),
+                    &json!({"token": t, "platform": "android"}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    }
+    // Porter 43 has the app open: signed in and on their channel.
+    let mut porter43 = Client::connect(&server).await;
+    let f = signin_frame(&porter43, r#"{"id":"43"}"#);
+    porter43.send(f).await;
+    porter43.expect("pusher:signin_success").await;
+    porter43.subscribe("#server-to-user-43").await;
+    porter43.subscribe("grand-hotel-staff-43-porter").await;
+
+    let order =
+        json!({"order_id": "123", "room_number": "101", "total_price": 45.99, "status": "pending"});
+    for staff in ["42", "43", "44"] {
+        let r = api
+            .trigger(
+                &format!("grand-hotel-staff-{staff}-porter"),
+                "new-room-service-order",
+                &order.to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // The connected porter gets the realtime event and the in-app item, live.
+    porter43.wait_for("new-room-service-order").await;
+    let item = porter43.wait_for("bellhop:notification").await;
+    let d = data(&item);
+    assert_eq!(d["item"]["title"], "New room service order");
+    assert_eq!(d["item"]["body"], "Room 101");
+    assert_eq!(d["unread_count"], 1);
+
+    let d42 = settled(&api, "42", 2, 15).await;
+    assert_eq!(state_of(&d42, "in_app").0, "sent");
+    assert_eq!(state_of(&d42, "fcm").0, "sent", "{d42:?}");
+    let d43 = settled(&api, "43", 2, 15).await;
+    assert_eq!(
+        state_of(&d43, "fcm"),
+        ("skipped".into(), "the recipient is connected".into())
+    );
+    let d44 = settled(&api, "44", 2, 15).await;
+    assert_eq!(state_of(&d44, "fcm").0, "sent", "{d44:?}");
+    let attempts = d44.iter().find(|d| d["channel"] == "fcm").unwrap()["attempts"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(attempts, 2, "429 then success: {d44:?}");
+
+    // Exactly what FCM received: one push per live device of the disconnected porters.
+    let sends = fcm.wait_for("/v1/", 4, 5).await;
+    let mut by_token: HashMap<String, Vec<Value>> = HashMap::new();
+    for s in &sends {
+        let b: Value = serde_json::from_str(&s.body).unwrap();
+        by_token
+            .entry(b["message"]["token"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(b);
+    }
+    assert!(
+        !by_token.contains_key("tok-43"),
+        "a connected porter got a push"
+    );
+    assert_eq!(by_token["tok-42-phone"].len(), 1);
+    assert_eq!(by_token["tok-42-old"].len(), 1);
+    assert_eq!(by_token["tok-44"].len(), 2);
+    let m = &by_token["tok-42-phone"][0]["message"];
+    assert_eq!(
+        m["notification"],
+        json!({"title": "🔔 New Room Service Order", "body": "Room 101 - €45.99"})
+    );
+    assert_eq!(
+        m["data"],
+        json!({"type": "room_service_order", "order_id": "123", "route": "/orders/room-service"})
+    );
+    assert_eq!(
+        m["android"]["notification"]["click_action"],
+        "FLUTTER_NOTIFICATION_CLICK"
+    );
+    // The unregistered token was deactivated on that same failed send.
+    let user = api.get("/users/42", &[]).await;
+    let devices = user.body["devices"].as_array().unwrap();
+    let old = devices.iter().find(|d| d["token"] == "tok-42-old").unwrap();
+    assert_eq!(old["active"], false);
+    assert!(old["deactivated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("UNREGISTERED"));
+
+    // The same event again notifies nobody twice.
+    let r = api
+        .trigger(
+            "grand-hotel-staff-42-porter",
+            "new-room-service-order",
+            &order.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(deliveries(&api, "42").await.len(), 2);
+    assert_eq!(
+        fcm.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/"))
+            .count(),
+        sends.len()
+    );
+    // One token was fetched and reused for every send.
+    assert_eq!(
+        fcm.requests().iter().filter(|r| r.path == "/token").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn direct_notifications_are_idempotent_and_fill_the_inbox() {
+    let server = Setup::new().start();
+    let api = Api::new(&server);
+    let mut bell = Client::connect(&server).await;
+    let f = signin_frame(&bell, r#"{"id":"staff-7"}"#);
+    bell.send(f).await;
+    bell.expect("pusher:signin_success").await;
+    bell.subscribe("#server-to-user-staff-7").await;
+
+    let body = json!({
+        "users": ["staff-7"], "type": "ORDER_READY",
+        "data": {"table": "12", "order": "A-17"},
+        "channels": [{"channel": "in_app", "title": "Order {{ order }} ready", "body": "Table {{ table }}"}]
+    });
+    // Five concurrent calls with one Idempotency-Key: one notification.
+    let key = [("Idempotency-Key", "order-A-17-ready")];
+    let calls = (0..5).map(|_| api.send("POST", "/notifications", Some(&body), &key));
+    let replies = futures_util::future::join_all(calls).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&202), "{statuses:?}");
+    // A retry after the first answer gets that answer back.
+    let again = api.send("POST", "/notifications", Some(&body), &key).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["deliveries"].as_array().unwrap().len(), 1);
+    let pushed = bell.wait_for("bellhop:notification").await;
+    assert_eq!(data(&pushed)["item"]["title"], "Order A-17 ready");
+    assert_eq!(data(&pushed)["unread_count"], 1);
+    bell.expect_silence().await;
+
+    let another = json!({
+        "users": ["staff-7"], "type": "ALERT", "data": {},
+        "channels": [{"channel": "in_app", "title": "Fridge alarm", "body": "Kitchen"}]
+    });
+    assert_eq!(api.post("notifications", &another).await.status, 202);
+    bell.wait_for("bellhop:notification").await;
+
+    let inbox = api.get("/users/staff-7/inbox", &[]).await;
+    assert_eq!(inbox.body["unread_count"], 2);
+    let items = inbox.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["title"], "Fridge alarm", "newest first");
+    let first = items[1]["id"].as_i64().unwrap();
+    let read = api
+        .post("users/staff-7/inbox/read", &json!({"id": first}))
+        .await;
+    assert_eq!(read.body, json!({"changed": 1, "unread_count": 1}));
+    assert_eq!(
+        data(&bell.wait_for("bellhop:inbox").await)["unread_count"],
+        1
+    );
+    let unread = api.get("/users/staff-7/inbox", &[("unread", "true")]).await;
+    assert_eq!(unread.body["items"].as_array().unwrap().len(), 1);
+    let all = api.post("users/staff-7/inbox/read", &json!({})).await;
+    assert_eq!(all.body, json!({"changed": 1, "unread_count": 0}));
+
+    // Bad input is refused with a clear message.
+    let bad = api
+        .post(
+            "notifications",
+            &json!({"users": [], "type": "x", "channels": []}),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body["error"].as_str().unwrap().contains("users"));
+    let typo = api
+        .post(
+            "notifications",
+            &json!({"users": ["1"], "type": "x", "channels": [{"channel": "pigeon"}]}),
+        )
+        .await;
+    assert_eq!(typo.status, 400, "{:?}", typo.body);
+    let tz = put(&api, "/users/9", json!({"time_zone": "Mars/Olympus"})).await;
+    assert_eq!(tz.status, 400);
+    assert!(tz.body["error"].as_str().unwrap().contains("Mars/Olympus"));
+}
+
+/// A real SMTP server (aiosmtpd) with STARTTLS and AUTH, killed on drop.
+struct Smtp {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Smtp {
+    fn start(mode: &str) -> Smtp {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path().join("cert.pem"))
+            .arg(dir.path().join("key.pem"))
+            .arg(dir.path().join("out"))
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+        Smtp { child, port, dir }
+    }
+
+    fn toml(&self, timeout_secs: u64) -> String {
+        format!(
+            "[apps.email]\nhost = '127.0.0.1'\nport = {}\nsecurity = 'starttls'\nusername = 'bellhop'\npassword = 'secret'\nfrom = 'Grand Hotel <noreply@grand.example>'\ntimeout_secs = {timeout_secs}\nca_file = '{}'\n",
+            self.port,
+            self.dir.path().join("cert.pem").display()
+        )
+    }
+
+    fn messages(&self) -> Vec<(String, Value)> {
+        let out = self.dir.path().join("out");
+        let mut n = 1;
+        let mut all = Vec::new();
+        while let Ok(eml) = std::fs::read_to_string(out.join(format!("{n}.eml"))) {
+            let meta = std::fs::read_to_string(out.join(format!("{n}.json"))).unwrap();
+            all.push((eml, serde_json::from_str(&meta).unwrap()));
+            n += 1;
+        }
+        all
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn booking_toml(smtp: &Smtp, timeout_secs: u64) -> String {
+    format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+{}
+[[apps.rules]]
+name = 'booking-confirmation'
+channel = 'bookings'
+event = 'booking.confirmed'
+type = 'EMAIL_CONFIRMATION'
+recipients = [{{ email_field = 'attendee_email' }}]
+idempotency_key = '{{{{ booking_id }}}}'
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Your booking {{{{ booking_id }}}} is confirmed'
+body = 'Dear {{{{ customerName }}}}, see you on {{{{ eventDate }}}}.'
+html = '<p>Dear {{{{ customerName }}}}, see you on {{{{ eventDate }}}}.</p>'
+"#,
+        smtp.toml(timeout_secs)
+    )
+}
+
+#[tokio::test]
+async fn booking_emails_go_over_starttls_with_auth_and_4xx_is_retried() {
+    let smtp = Smtp::start("fail-first");
+    let server = Setup::default().toml(&booking_toml(&smtp, 10)).start();
+    let api = Api::new(&server);
+    let booking = json!({"booking_id": "B-77", "attendee_email": "ana@example.com",
+        "customerName": "Ana <Silva>", "eventDate": "2026-12-24"});
+    let r = api
+        .trigger("bookings", "booking.confirmed", &booking.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The same booking confirmed twice sends one email.
+    let r = api
+        .trigger("bookings", "booking.confirmed", &booking.to_string())
+        .await;
+    assert_eq!(r.status, 200);
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while smtp.messages().is_empty() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "one email after a 451 and a retry");
+    let (eml, meta) = &msgs[0];
+    assert_eq!(meta["rcpt_tos"], json!(["ana@example.com"]));
+    assert_eq!(meta["tls"], true);
+    assert_eq!(meta["auth"], true);
+    assert!(
+        eml.contains("Subject: Your booking B-77 is confirmed"),
+        "{eml}"
+    );
+    assert!(
+        eml.contains("From: \"Grand Hotel\" <noreply@grand.example>")
+            || eml.contains("From: Grand Hotel <noreply@grand.example>"),
+        "{eml}"
+    );
+    assert!(
+        eml.contains("Dear Ana <Silva>, see you on 2026-12-24."),
+        "{eml}"
+    );
+    assert!(eml.contains("&lt;Silva&gt;"), "HTML is escaped: {eml}");
+    assert!(eml.contains("Message-ID: <delivery-"), "{eml}");
+}
