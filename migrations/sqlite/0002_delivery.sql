@@ -58,6 +58,9 @@ CREATE TABLE deliveries (
     -- not alter what was promised.
     spec TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
+    -- Scheduled deliveries of one rule, key and recipient share this, so a later event can
+    -- re-time them and another rule can cancel them.
+    schedule_key TEXT,
     job_id BIGINT,
     run_at BIGINT NOT NULL,
     provider_id TEXT,
@@ -66,6 +69,7 @@ CREATE TABLE deliveries (
     UNIQUE (app_id, idempotency_key)
 );
 CREATE INDEX deliveries_notification ON deliveries (notification_id);
+CREATE INDEX deliveries_schedule ON deliveries (app_id, schedule_key);
 
 -- The in-app inbox: one item per in-app delivery.
 CREATE TABLE inbox_items (

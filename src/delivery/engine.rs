@@ -126,23 +126,36 @@ fn new_notification(
     }
 }
 
+/// The deliveries of one notification: each channel entry now (or after its offline grace
+/// period), or at each scheduled time.
 fn deliveries_for(
     specs: &[Deliver],
     base: &str,
     r: &Recipient,
     kind: &str,
-    run_at: i64,
+    times: &[(i64, Option<i64>)],
+    schedule_key: Option<&str>,
 ) -> Vec<NewDelivery> {
-    specs
-        .iter()
-        .map(|d| NewDelivery {
-            channel: d.channel.as_str().to_owned(),
-            idempotency_key: idempotency_key(base, r, kind, d.channel),
-            // An offline-only push waits out its grace period before it looks.
-            run_at: run_at + (d.offline_for_secs as i64) * 1000,
-            spec: serde_json::to_value(d).unwrap_or(Value::Null),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (at, minutes_before) in times {
+        for d in specs {
+            let mut key = idempotency_key(base, r, kind, d.channel);
+            let mut vars = Map::new();
+            if let Some(m) = minutes_before {
+                key.push_str(&format!("|at:{at}"));
+                vars.insert("minutes_before".into(), json!(m));
+            }
+            out.push(NewDelivery {
+                channel: d.channel.as_str().to_owned(),
+                idempotency_key: key,
+                // An offline-only push waits out its grace period before it looks.
+                run_at: at + (d.offline_for_secs as i64) * 1000,
+                spec: json!({ "deliver": d, "vars": vars }),
+                schedule_key: schedule_key.map(|k| format!("{k}|{}", recipient_key(r))),
+            });
+        }
+    }
+    out
 }
 
 impl Engine {
@@ -233,17 +246,48 @@ impl Engine {
                     continue;
                 };
                 let ctx = rules::context(ev.name, ev.channel.as_str(), &payload, &caps);
-                let base = match &rule.config.idempotency_key {
-                    Some(t) => match render("idempotency_key", t, &ctx, false) {
-                        Ok(k) => format!("{}:{k}", rule.config.name),
-                        Err(e) => {
-                            tracing::warn!(rule = %rule.config.name, error = %e, "idempotency key template failed; using the event id");
-                            id.clone()
-                        }
-                    },
+                let c = &rule.config;
+                let key = c.idempotency_key.as_ref().and_then(|t| {
+                    render("idempotency_key", t, &ctx, false)
+                        .map_err(|e| tracing::warn!(rule = %c.name, error = %e, "idempotency key template failed; using the event id"))
+                        .ok()
+                });
+                let base = match &key {
+                    Some(k) => format!("{}:{k}", c.name),
                     None => id.clone(),
                 };
-                let c = &rule.config;
+                // `{rule}:{key}|` prefixes every scheduled delivery a rule makes for a key.
+                let scheduled = |name: &str| key.as_ref().map(|k| format!("{name}:{k}|"));
+                for other in &c.cancels {
+                    if let Some(prefix) = scheduled(other) {
+                        let reason = format!("cancelled by {} ({})", ev.name, c.name);
+                        self.store
+                            .cancel_scheduled(app.id.as_str(), &prefix, &reason)
+                            .await?;
+                    }
+                }
+                if c.recipients.is_empty() || c.deliver.is_empty() {
+                    continue;
+                }
+                let times: Vec<(i64, Option<i64>)> = match &c.schedule {
+                    None => vec![(now, None)],
+                    Some(s) => match s.times(&payload) {
+                        Some(t) => t
+                            .into_iter()
+                            .filter(|(at, _)| *at > now)
+                            .map(|(at, m)| (at, Some(m)))
+                            .collect(),
+                        None => {
+                            tracing::warn!(rule = %c.name, field = %s.at, "schedule time missing or not a time; nothing scheduled");
+                            Vec::new()
+                        }
+                    },
+                };
+                let schedule_key = c
+                    .schedule
+                    .as_ref()
+                    .and(scheduled(&c.name))
+                    .map(|p| p.trim_end_matches('|').to_owned());
                 let head = Head {
                     kind: &c.kind,
                     priority: c.priority,
@@ -251,7 +295,14 @@ impl Engine {
                     source: format!("event:{id}"),
                 };
                 for r in self.recipients(&app.id, rule, &ctx, &payload).await {
-                    let deliveries = deliveries_for(&c.deliver, &base, &r, &c.kind, now);
+                    let deliveries = deliveries_for(
+                        &c.deliver,
+                        &base,
+                        &r,
+                        &c.kind,
+                        &times,
+                        schedule_key.as_deref(),
+                    );
                     let data = Value::Object(ctx.clone());
                     notes.push(new_notification(&app.id, &r, &head, data, deliveries));
                 }
@@ -285,7 +336,8 @@ impl Engine {
             .iter()
             .map(|u| {
                 let r = Recipient::User(u.clone());
-                let deliveries = deliveries_for(&d.deliver, &base, &r, &d.kind, run_at);
+                let deliveries =
+                    deliveries_for(&d.deliver, &base, &r, &d.kind, &[(run_at, None)], None);
                 new_notification(&app.id, &r, &head, Value::Object(ctx.clone()), deliveries)
             })
             .collect();
@@ -411,7 +463,7 @@ impl Engine {
     }
 
     async fn decide(&self, row: &DeliveryRow) -> Result<Step, StoreError> {
-        let spec: Deliver = match serde_json::from_value(row.spec.clone()) {
+        let spec: Deliver = match serde_json::from_value(row.spec["deliver"].clone()) {
             Ok(s) => s,
             Err(e) => return Ok(Step::Failed(format!("delivery spec unreadable: {e}"))),
         };
@@ -475,6 +527,9 @@ impl Engine {
             "recipient".into(),
             serde_json::to_value(&profile).unwrap_or(Value::Null),
         );
+        if let Value::Object(vars) = &row.spec["vars"] {
+            ctx.extend(vars.clone());
+        }
         let default = spec.content();
         let content = for_locale(
             &default,

@@ -3,6 +3,8 @@
 //! for `Idempotency-Key` retries. A notification, its deliveries and their jobs are written in
 //! one transaction: once it commits, they are accepted and survive a crash.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -10,6 +12,9 @@ use sqlx::Row;
 use crate::store::{now_ms, Dialect, Store, StoreError};
 
 pub const JOB_KIND: &str = "delivery";
+/// Marks a delivery cancelled and frees its idempotency key for a later notification.
+const CANCEL: &str = "state = 'cancelled', \
+    idempotency_key = idempotency_key || ':cancelled:' || CAST(id AS TEXT)";
 /// A delivery job gives up (dead-letters) a week after it was due.
 const DELIVERY_EXPIRY_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -52,8 +57,12 @@ pub struct NewDelivery {
     pub channel: String,
     pub idempotency_key: String,
     pub run_at: i64,
-    /// What the worker needs to send it (rendered at send time): the rule's channel entry.
+    /// What the worker needs to send it (rendered at send time): the rule's channel entry
+    /// and extra template variables (`{"deliver": …, "vars": …}`).
     pub spec: Value,
+    /// Scheduled deliveries of one rule, key and recipient; a newer notification with the
+    /// same key replaces the pending ones (a rescheduled booking re-times its reminders).
+    pub schedule_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -370,8 +379,8 @@ impl Store {
                 // ON CONFLICT covers a concurrent accept of the same key on another node.
                 let id: Option<i64> = sqlx::query(
                     "INSERT INTO deliveries (notification_id, app_id, channel, state, idempotency_key, \
-                     run_at, created_at, updated_at, spec) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
+                     run_at, created_at, updated_at, spec, schedule_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) \
                      ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING id",
                 )
                 .bind(note_id)
@@ -382,6 +391,7 @@ impl Store {
                 .bind(d.run_at)
                 .bind(now)
                 .bind(d.spec.to_string())
+                .bind(d.schedule_key.as_deref())
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(|r| r.try_get(0))
@@ -416,6 +426,26 @@ impl Store {
                     .bind(note_id)
                     .execute(&mut *tx)
                     .await?;
+                continue;
+            }
+            let keys: BTreeSet<&str> = n
+                .deliveries
+                .iter()
+                .filter_map(|d| d.schedule_key.as_deref())
+                .collect();
+            for key in keys {
+                // The pending deliveries of an earlier notification with this key give way.
+                sqlx::query(&format!(
+                    "UPDATE deliveries SET {CANCEL}, reason = 'superseded by a later event', \
+                     updated_at = $1 WHERE app_id = $2 AND schedule_key = $3 \
+                     AND notification_id <> $4 AND state IN ('scheduled', 'pending', 'held')"
+                ))
+                .bind(now)
+                .bind(&n.app_id)
+                .bind(key)
+                .bind(note_id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -428,6 +458,29 @@ impl Store {
             }
         }
         Ok(accepted)
+    }
+
+    /// Cancels the pending deliveries whose schedule key starts with `prefix`; returns how
+    /// many. Their idempotency keys are freed, so a later event may schedule them anew.
+    pub async fn cancel_scheduled(
+        &self,
+        app: &str,
+        prefix: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let n = sqlx::query(&format!(
+            "UPDATE deliveries SET {CANCEL}, reason = $1, updated_at = $2 WHERE app_id = $3 \
+             AND substr(schedule_key, 1, length($4)) = $4 \
+             AND state IN ('scheduled', 'pending', 'held')"
+        ))
+        .bind(reason)
+        .bind(now_ms())
+        .bind(app)
+        .bind(prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
     }
 
     pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {

@@ -157,7 +157,7 @@ pub struct RuleConfig {
     pub name: String,
     /// A channel pattern with named captures: `{hotel}-staff-{staff_id}-porter`.
     pub channel: String,
-    /// An event name, `*` matching any run of characters.
+    /// An event name, `*` matching any run of characters; `a|b` matches either.
     pub event: String,
     #[serde(default)]
     pub when: Vec<FieldTest>,
@@ -172,6 +172,51 @@ pub struct RuleConfig {
     /// and data), so the same event never notifies the same person twice on one channel.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Send at times computed from the payload (reminders) instead of now.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Rules whose pending scheduled deliveries with this rule's key are cancelled when this
+    /// rule matches (a cancelled booking cancels its reminders).
+    #[serde(default)]
+    pub cancels: Vec<String>,
+}
+
+/// `schedule = { at = "start_at", minutes_before = [1440, 60] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// A payload field holding the time: RFC 3339, or Unix seconds or milliseconds.
+    pub at: String,
+    #[serde(default)]
+    pub minutes_before: Vec<i64>,
+}
+
+impl Schedule {
+    /// The send times (Unix ms) with their offsets, for a payload; none when the field is
+    /// missing or not a time.
+    pub fn times(&self, payload: &Value) -> Option<Vec<(i64, i64)>> {
+        let at = match field(payload, &self.at)? {
+            Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()?
+                .timestamp_millis(),
+            Value::Number(n) => {
+                let n = n.as_i64()?;
+                // Seconds until the year 5138, milliseconds after.
+                if n < 100_000_000_000 {
+                    n * 1000
+                } else {
+                    n
+                }
+            }
+            _ => return None,
+        };
+        let offsets: &[i64] = if self.minutes_before.is_empty() {
+            &[0]
+        } else {
+            &self.minutes_before
+        };
+        Some(offsets.iter().map(|m| (at - m * 60_000, *m)).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -184,8 +229,10 @@ pub enum RuleError {
     },
     #[error("rule {rule:?}: each recipient sets exactly one of user, users_field, email_field, emails, presence")]
     Recipient { rule: String },
-    #[error("rule {rule:?}: at least one recipient and one deliver entry are needed")]
+    #[error("rule {rule:?}: at least one recipient and one deliver entry are needed (or cancels)")]
     Empty { rule: String },
+    #[error("rule {rule:?}: a schedule or cancels needs an idempotency_key (e.g. '{{{{ booking_id }}}}')")]
+    NeedsKey { rule: String },
     #[error("rule {rule:?}: condition on {field:?} sets none of equals, in, exists")]
     Test { rule: String, field: String },
 }
@@ -242,17 +289,30 @@ fn channel_regex(rule: &str, pattern: &str) -> Result<Regex, RuleError> {
     Regex::new(&re).map_err(|_| err("not a valid pattern"))
 }
 
+/// `booking.*`, or alternatives: `booking.confirmed|booking.rescheduled`.
 fn glob_regex(pattern: &str) -> Regex {
-    let parts: Vec<String> = pattern.split('*').map(regex::escape).collect();
-    // unwrap: escaped literals joined by `.*` always form a valid regex.
-    Regex::new(&format!("^{}$", parts.join(".*"))).unwrap()
+    let alternatives: Vec<String> = pattern
+        .split('|')
+        .map(|alt| {
+            let parts: Vec<String> = alt.trim().split('*').map(regex::escape).collect();
+            parts.join(".*")
+        })
+        .collect();
+    // unwrap: escaped literals joined by `.*` and `|` always form a valid regex.
+    Regex::new(&format!("^(?:{})$", alternatives.join("|"))).unwrap()
 }
 
 impl Rule {
     pub fn new(config: RuleConfig) -> Result<Self, RuleError> {
         let name = config.name.clone();
-        if config.recipients.is_empty() || config.deliver.is_empty() {
+        let sends = !config.recipients.is_empty() && !config.deliver.is_empty();
+        if !sends && config.cancels.is_empty() {
             return Err(RuleError::Empty { rule: name });
+        }
+        if (config.schedule.is_some() || !config.cancels.is_empty())
+            && config.idempotency_key.is_none()
+        {
+            return Err(RuleError::NeedsKey { rule: name });
         }
         for r in &config.recipients {
             let set = [
@@ -422,6 +482,8 @@ mod tests {
                 collapse_key: None,
             }],
             idempotency_key: None,
+            schedule: None,
+            cancels: vec![],
         })
         .unwrap()
     }
@@ -472,6 +534,13 @@ mod tests {
             .is_none());
         let exact = rule("a.b", "e");
         assert!(exact.matches("aXb", "e", &json!({})).is_none());
+        let either = rule("b", "booking.confirmed | booking.rescheduled");
+        assert!(either
+            .matches("b", "booking.rescheduled", &json!({}))
+            .is_some());
+        assert!(either
+            .matches("b", "booking.cancelled", &json!({}))
+            .is_none());
     }
 
     #[test]
@@ -527,6 +596,29 @@ mod tests {
         assert!(r.matches("x", "e", &wrong).is_none());
         let cancelled = json!({"order": {"status": "pending"}, "room": 102, "cancelled_at": "t"});
         assert!(r.matches("x", "e", &cancelled).is_none());
+    }
+
+    #[test]
+    fn schedules_count_back_from_a_payload_time() {
+        let s = Schedule {
+            at: "start_at".into(),
+            minutes_before: vec![1440, 60],
+        };
+        let t = s
+            .times(&json!({"start_at": "2026-12-24T18:00:00Z"}))
+            .unwrap();
+        let start = 1_798_135_200_000i64;
+        assert_eq!(t, vec![(start - 86_400_000, 1440), (start - 3_600_000, 60)]);
+        assert_eq!(
+            s.times(&json!({"start_at": 1_798_135_200})).unwrap()[1].0,
+            start - 3_600_000
+        );
+        assert_eq!(
+            s.times(&json!({"start_at": start})).unwrap()[1].0,
+            start - 3_600_000
+        );
+        assert!(s.times(&json!({"start_at": "tomorrow"})).is_none());
+        assert!(s.times(&json!({})).is_none());
     }
 
     #[test]

@@ -185,11 +185,11 @@ data = { type = 'room_service_order', order_id = '{{ order_id }}', route = '/ord
     .replace("FCM", &fcm.url(""))
 }
 
-async fn put(api: &Api<'_>, path: &str, body: Value) -> crate::api::Reply {
+pub async fn put(api: &Api<'_>, path: &str, body: Value) -> crate::api::Reply {
     api.send("PUT", path, Some(&body), &[]).await
 }
 
-async fn deliveries(api: &Api<'_>, user: &str) -> Vec<Value> {
+pub async fn deliveries(api: &Api<'_>, user: &str) -> Vec<Value> {
     let r = api.get(&format!("/users/{user}/notifications"), &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["notifications"]
@@ -201,7 +201,7 @@ async fn deliveries(api: &Api<'_>, user: &str) -> Vec<Value> {
 }
 
 /// Waits until every delivery of `user` has left pending/held/scheduled.
-async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Value> {
+pub async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Value> {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let d = deliveries(api, user).await;
@@ -215,7 +215,7 @@ async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Value> {
     }
 }
 
-fn state_of(ds: &[Value], channel: &str) -> (String, String) {
+pub fn state_of(ds: &[Value], channel: &str) -> (String, String) {
     let d = ds
         .iter()
         .find(|d| d["channel"] == channel)
@@ -472,14 +472,14 @@ async fn direct_notifications_are_idempotent_and_fill_the_inbox() {
 }
 
 /// A real SMTP server (aiosmtpd) with STARTTLS and AUTH, killed on drop.
-struct Smtp {
+pub struct Smtp {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Smtp {
-    fn start(mode: &str) -> Smtp {
+    pub fn start(mode: &str) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
@@ -509,7 +509,7 @@ impl Smtp {
         Smtp { child, port, dir }
     }
 
-    fn toml(&self, timeout_secs: u64) -> String {
+    pub fn toml(&self, timeout_secs: u64) -> String {
         format!(
             "[apps.email]\nhost = '127.0.0.1'\nport = {}\nsecurity = 'starttls'\nusername = 'bellhop'\npassword = 'secret'\nfrom = 'Grand Hotel <noreply@grand.example>'\ntimeout_secs = {timeout_secs}\nca_file = '{}'\n",
             self.port,
@@ -517,7 +517,7 @@ impl Smtp {
         )
     }
 
-    fn messages(&self) -> Vec<(String, Value)> {
+    pub fn messages(&self) -> Vec<(String, Value)> {
         let out = self.dir.path().join("out");
         let mut n = 1;
         let mut all = Vec::new();

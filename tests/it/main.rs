@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_presence;
 mod connection;
 mod delivery;
+mod delivery_booking;
 mod harness;
 mod http_api;
 mod loadtest_smoke;

@@ -11,9 +11,14 @@ import json
 import os
 import ssl
 import sys
+import warnings
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+# aiosmtpd warns about its own Session.login_data on every AUTH.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*login_data.*")
+
+from aiosmtpd.controller import Controller  # noqa: E402
+from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
 
 
 class Handler:

@@ -1,0 +1,352 @@
+//! The booking flows of the delivery engine against a real SMTP server: reminders counted
+//! back from the booking's start, re-timed when it is rescheduled and cancelled with it; a 5xx
+//! that is permanent and a stalled server that cannot hold a worker; preferences, quiet hours
+//! and a critical message that passes both; and a crash between accepting and sending.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::delivery::{deliveries, put, settled, state_of, Smtp};
+use crate::harness::Setup;
+
+fn app_toml(smtp: &Smtp, timeout_secs: u64, rules: &str) -> String {
+    format!(
+        "[[apps]]\nid = '100'\nkey = 'test-key'\nsecret = 'test-secret'\n{}\n{rules}",
+        smtp.toml(timeout_secs)
+    )
+}
+
+const BOOKING_RULES: &str = r#"
+[[apps.rules]]
+name = 'reminder'
+channel = 'bookings'
+event = 'booking.confirmed | booking.rescheduled'
+type = 'EXPERIENCE_REMINDER'
+recipients = [{ users_field = 'attendee_id' }]
+idempotency_key = '{{ booking_id }}'
+schedule = { at = 'start_at', minutes_before = [1440, 60] }
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Reminder: {{ title }} in {{ minutes_before }} minutes'
+body = 'Hello {{ recipient.display_name }}, {{ title }} starts at {{ start_at }}.'
+
+[[apps.rules]]
+name = 'cancellation'
+channel = 'bookings'
+event = 'booking.cancelled'
+type = 'EMAIL_CANCELLATION'
+recipients = [{ users_field = 'attendee_id' }]
+idempotency_key = '{{ booking_id }}'
+cancels = ['reminder']
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Cancelled: {{ title }}'
+body = 'Your booking {{ booking_id }} is cancelled.'
+"#;
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn wait_mail(smtp: &Smtp, n: usize, secs: u64) -> Vec<(String, Value)> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while smtp.messages().len() < n && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    smtp.messages()
+}
+
+fn count(ds: &[Value], state: &str) -> usize {
+    ds.iter().filter(|d| d["state"] == state).count()
+}
+
+#[tokio::test]
+async fn reminders_follow_the_booking_when_it_moves_and_when_it_is_cancelled() {
+    let smtp = Smtp::start("ok");
+    let server = Setup::default()
+        .toml(&app_toml(&smtp, 10, BOOKING_RULES))
+        .start();
+    let api = Api::new(&server);
+    let r = put(
+        &api,
+        "/users/guest-5",
+        json!({"email": "ana@example.com", "display_name": "Ana"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let day = 1440 * 60_000;
+    // The 24-hour reminder of the first time would go out in 3 s, the 1-hour one tomorrow.
+    let first = json!({"booking_id": "B-1", "attendee_id": "guest-5", "title": "Spa",
+        "start_at": rfc3339(now_ms() + day + 3000)});
+    let r = api
+        .trigger("bookings", "booking.confirmed", &first.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Rescheduled at once: the new 24-hour reminder is due in 5 s; the old ones give way.
+    let moved = json!({"booking_id": "B-1", "attendee_id": "guest-5", "title": "Spa",
+        "start_at": rfc3339(now_ms() + day + 5000)});
+    let r = api
+        .trigger("bookings", "booking.rescheduled", &moved.to_string())
+        .await;
+    assert_eq!(r.status, 200);
+    // The same reschedule again changes nothing.
+    let r = api
+        .trigger("bookings", "booking.rescheduled", &moved.to_string())
+        .await;
+    assert_eq!(r.status, 200);
+    let ds = deliveries(&api, "guest-5").await;
+    assert_eq!(ds.len(), 4, "{ds:?}");
+    assert_eq!(count(&ds, "cancelled"), 2, "{ds:?}");
+    assert_eq!(count(&ds, "scheduled"), 2, "{ds:?}");
+    assert!(ds
+        .iter()
+        .filter(|d| d["state"] == "cancelled")
+        .all(|d| d["reason"] == "superseded by a later event"));
+
+    let mail = wait_mail(&smtp, 1, 15).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mail_now = smtp.messages();
+    assert_eq!(
+        mail_now.len(),
+        1,
+        "only the re-timed reminder is sent: {mail:?}"
+    );
+    let (eml, meta) = &mail_now[0];
+    assert_eq!(meta["rcpt_tos"], json!(["ana@example.com"]));
+    assert!(
+        eml.contains("Subject: Reminder: Spa in 1440 minutes"),
+        "{eml}"
+    );
+    assert!(eml.contains("Hello Ana, Spa starts at"), "{eml}");
+
+    // Cancelled: the pending 1-hour reminder is cancelled, and the cancellation goes out.
+    let cancel = json!({"booking_id": "B-1", "attendee_id": "guest-5", "title": "Spa"});
+    let r = api
+        .trigger("bookings", "booking.cancelled", &cancel.to_string())
+        .await;
+    assert_eq!(r.status, 200);
+    let mail = wait_mail(&smtp, 2, 15).await;
+    assert_eq!(mail.len(), 2);
+    assert!(
+        mail[1].0.contains("Subject: Cancelled: Spa"),
+        "{}",
+        mail[1].0
+    );
+    let ds = settled(&api, "guest-5", 5, 10).await;
+    assert_eq!(count(&ds, "sent"), 2, "{ds:?}");
+    assert_eq!(count(&ds, "cancelled"), 3, "{ds:?}");
+    assert!(ds
+        .iter()
+        .any(|d| d["reason"] == "cancelled by booking.cancelled (cancellation)"));
+}
+
+const CONFIRM_RULE: &str = r#"
+[[apps.rules]]
+name = 'confirmation'
+channel = 'bookings'
+event = 'booking.confirmed'
+type = 'EMAIL_CONFIRMATION'
+recipients = [{ users_field = 'attendee_id' }]
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Confirmed {{ booking_id }}'
+body = 'See you.'
+"#;
+
+#[tokio::test]
+async fn a_5xx_is_permanent_and_a_stalled_server_cannot_hold_a_worker() {
+    let reject = Smtp::start("reject");
+    let server = Setup::default()
+        .toml(&app_toml(&reject, 10, CONFIRM_RULE))
+        .start();
+    let api = Api::new(&server);
+    put(&api, "/users/u1", json!({"email": "u1@example.com"})).await;
+    let b = json!({"booking_id": "B-9", "attendee_id": "u1"});
+    api.trigger("bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let ds = settled(&api, "u1", 1, 15).await;
+    let (state, reason) = state_of(&ds, "email");
+    assert_eq!(state, "failed", "{ds:?}");
+    assert!(reason.contains("550"), "{reason}");
+    assert_eq!(
+        ds[0]["attempts"].as_array().unwrap().len(),
+        1,
+        "a 5xx is not retried"
+    );
+
+    // A server that never answers DATA: the send gives up after its timeout and retries
+    // later; meanwhile the worker is free (another app event still goes through).
+    let stall = Smtp::start("stall");
+    let server = Setup::default()
+        .toml(&app_toml(&stall, 2, CONFIRM_RULE))
+        .start();
+    let api = Api::new(&server);
+    put(&api, "/users/u2", json!({"email": "u2@example.com"})).await;
+    let b = json!({"booking_id": "B-10", "attendee_id": "u2"});
+    api.trigger("bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    let attempt = loop {
+        let ds = deliveries(&api, "u2").await;
+        if let Some(a) = ds[0]["attempts"]
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+        {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no attempt recorded: {ds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(attempt["outcome"], "retry", "{attempt}");
+    assert!(
+        attempt["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 2 s")
+            || attempt["detail"].as_str().unwrap().contains("timed out"),
+        "{attempt}"
+    );
+    assert!(attempt["duration_ms"].as_i64().unwrap() < 5000, "{attempt}");
+}
+
+#[tokio::test]
+async fn preferences_and_quiet_hours_hold_back_all_but_critical() {
+    let smtp = Smtp::start("ok");
+    let rules = r#"
+[[apps.rules]]
+name = 'promo'
+channel = 'marketing'
+event = 'offer'
+type = 'PROMO'
+recipients = [{ users_field = 'user_id' }]
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Offer'
+body = 'Cheap rooms'
+
+[[apps.rules]]
+name = 'alarm'
+channel = 'alerts'
+event = 'fire'
+type = 'ALERT'
+priority = 'critical'
+recipients = [{ users_field = 'user_id' }]
+
+[[apps.rules.deliver]]
+channel = 'email'
+subject = 'Fire alarm'
+body = 'Leave the building'
+"#;
+    let server = Setup::default().toml(&app_toml(&smtp, 10, rules)).start();
+    let api = Api::new(&server);
+    // Quiet around the clock in Nairobi (a window that covers now), and no promos by email.
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Africa::Nairobi);
+    let start = (now - chrono::Duration::minutes(5))
+        .format("%H:%M")
+        .to_string();
+    let end = (now + chrono::Duration::minutes(30))
+        .format("%H:%M")
+        .to_string();
+    let r = put(
+        &api,
+        "/users/night",
+        json!({"email": "night@example.com", "time_zone": "Africa/Nairobi",
+            "quiet_hours": {"start": start, "end": end}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    put(
+        &api,
+        "/users/picky",
+        json!({"email": "picky@example.com", "preferences": {"PROMO": {"email": false}}}),
+    )
+    .await;
+    for u in ["night", "picky"] {
+        let d = json!({"user_id": u}).to_string();
+        api.trigger("marketing", "offer", &d).await;
+        api.trigger("alerts", "fire", &d).await;
+    }
+    let mail = wait_mail(&smtp, 2, 15).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mail = smtp.messages().len().max(mail.len());
+    assert_eq!(mail, 2, "only the two fire alarms go out");
+    for (eml, _) in smtp.messages() {
+        assert!(eml.contains("Subject: Fire alarm"), "{eml}");
+    }
+    let picky = settled(&api, "picky", 2, 10).await;
+    let promo = picky.iter().find(|d| d["state"] == "skipped").unwrap();
+    assert_eq!(promo["reason"], "the recipient turned PROMO off on email");
+    let night = deliveries(&api, "night").await;
+    let held = night
+        .iter()
+        .find(|d| d["state"] == "held")
+        .expect("the promo waits");
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("quiet hours until "),
+        "{held}"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_accepting_and_sending_loses_nothing_and_sends_once() {
+    // The first process sends to a server that never answers DATA: at the kill, the job is
+    // accepted and its send in flight, unacknowledged.
+    let stall = Smtp::start("stall");
+    let ok = Smtp::start("ok");
+    let data = tempfile::tempdir().unwrap();
+    let server = Setup::default()
+        .toml(&app_toml(&stall, 30, CONFIRM_RULE))
+        .data_dir(data.path())
+        .env("BELLHOP_JOB_LEASE_SECS", "2")
+        .start();
+    let api = Api::new(&server);
+    put(&api, "/users/u3", json!({"email": "u3@example.com"})).await;
+    let b = json!({"booking_id": "B-11", "attendee_id": "u3"});
+    let r = api
+        .trigger("bookings", "booking.confirmed", &b.to_string())
+        .await;
+    assert_eq!(r.status, 200);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while deliveries(&api, "u3").await.is_empty() {
+        assert!(tokio::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(api);
+    server.kill();
+    // Restarted against a working server: the lease runs out and the job is sent, once.
+    let server = Setup::default()
+        .toml(&app_toml(&ok, 10, CONFIRM_RULE))
+        .data_dir(data.path())
+        .env("BELLHOP_JOB_LEASE_SECS", "2")
+        .start();
+    let api = Api::new(&server);
+    let mail = wait_mail(&ok, 1, 20).await;
+    assert_eq!(mail.len(), 1, "the accepted email was lost");
+    // A duplicate after the restart sends nothing more.
+    api.trigger("bookings", "booking.confirmed", &b.to_string())
+        .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ok.messages().len(), 1);
+    let ds = settled(&api, "u3", 1, 10).await;
+    assert_eq!(state_of(&ds, "email").0, "sent");
+}
