@@ -279,7 +279,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             apps.clone(),
             Duration::from_millis(cfg.webhook_timeout_ms),
         )))
-        .handler(delivery.clone());
+        .handler(delivery.clone())
+        .handler(Arc::new(
+            crate::delivery::event_webhooks::EventWebhookSender::new(
+                apps.clone(),
+                Duration::from_millis(cfg.webhook_timeout_ms),
+            ),
+        ));
     let pg_url = (store.dialect() == Dialect::Postgres).then(|| db_url.clone());
     let workers = actix_web::rt::spawn(workers.run(pg_url, workers_stopped));
     let state = web::Data::new(ServerState {

@@ -62,6 +62,8 @@ pub enum AppError {
     Fcm(#[from] crate::delivery::fcm::FcmSetupError),
     #[error(transparent)]
     Email(#[from] crate::delivery::email::EmailSetupError),
+    #[error(transparent)]
+    EventWebhook(#[from] crate::delivery::event_webhooks::SubscriptionError),
 }
 
 impl App {
@@ -87,6 +89,9 @@ impl App {
         }
         for w in &c.webhooks {
             w.validate()?;
+        }
+        for s in &c.event_webhooks {
+            s.validate()?;
         }
         // Durations feed Instant arithmetic, which must not overflow.
         const YEAR: u64 = 365 * 24 * 3600;

@@ -235,6 +235,9 @@ pub struct AppConfig {
     pub fcm: Option<crate::delivery::fcm::FcmConfig>,
     #[serde(default)]
     pub email: Option<crate::delivery::email::EmailConfig>,
+    /// Business-event webhooks, signed with Standard Webhooks headers.
+    #[serde(default)]
+    pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
 }
 
 fn d_cache_ttl() -> u64 {
@@ -296,6 +299,7 @@ impl AppConfig {
             rules: Vec::new(),
             fcm: None,
             email: None,
+            event_webhooks: Vec::new(),
         }
     }
 }

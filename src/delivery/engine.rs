@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::email::{Mail, MailResult};
+use super::event_webhooks;
 use super::fcm::{Push, SendResult};
 use super::preferences::{allows, time_zone};
 use super::records::{DeliveryRow, NewDelivery, NewInboxItem, NewNotification, JOB_KIND};
@@ -233,14 +234,24 @@ impl Engine {
         app: &App,
         events: &[Triggered<'_>],
     ) -> Result<usize, StoreError> {
-        if app.rules.is_empty() {
+        let subs = &app.config.event_webhooks;
+        if app.rules.is_empty() && subs.is_empty() {
             return Ok(0);
         }
         let now = now_ms();
         let mut notes = Vec::new();
+        let mut hooks = Vec::new();
         for ev in events {
             let payload = rules::payload(ev.data);
             let id = event_id(ev.channel.as_str(), ev.name, ev.data);
+            hooks.extend(event_webhooks::jobs_for(
+                app.id.as_str(),
+                subs,
+                &id,
+                ev.name,
+                ev.channel.as_str(),
+                &payload,
+            ));
             for rule in app.rules.iter() {
                 let Some(caps) = rule.matches(ev.channel.as_str(), ev.name, &payload) else {
                     continue;
@@ -308,8 +319,9 @@ impl Engine {
                 }
             }
         }
+        event_webhooks::enqueue(&self.store, &hooks).await?;
         if notes.is_empty() {
-            return Ok(0);
+            return Ok(hooks.len());
         }
         let accepted = self.store.accept_notifications(&notes).await?;
         tracing::debug!(app_id = %app.id, deliveries = accepted.len(), "notifications accepted");

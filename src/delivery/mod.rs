@@ -6,6 +6,7 @@
 
 pub mod email;
 mod engine;
+pub mod event_webhooks;
 pub mod fcm;
 pub mod preferences;
 pub mod records;

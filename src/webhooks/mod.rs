@@ -3,7 +3,7 @@
 //! durable jobs; the sender signs each body with the app secret exactly as Pusher does.
 
 mod batcher;
-mod sender;
+pub(crate) mod sender;
 
 use std::collections::BTreeMap;
 

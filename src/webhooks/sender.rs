@@ -109,7 +109,7 @@ impl WebhookSender {
     }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     // The URL may carry credentials in its query; the kind of failure is what matters.
     let mut s = e.to_string();
     if let Some(u) = e.url() {
@@ -119,7 +119,7 @@ fn without_url(e: &reqwest::Error) -> String {
 }
 
 /// At most `limit` bytes of a response body: a receiver cannot make us buffer megabytes.
-async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+pub(crate) async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
     let mut buf = Vec::new();
     while buf.len() < limit {
         match resp.chunk().await {
@@ -130,7 +130,7 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,

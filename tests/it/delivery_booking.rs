@@ -350,3 +350,92 @@ async fn a_crash_between_accepting_and_sending_loses_nothing_and_sends_once() {
     let ds = settled(&api, "u3", 1, 10).await;
     assert_eq!(state_of(&ds, "email").0, "sent");
 }
+
+/// Checks a request with the official Standard Webhooks library (PyPI `standardwebhooks`).
+fn verified_by_standard_webhooks(req: &crate::receiver::Request, secret: &str) -> bool {
+    let script = "import json,sys\nfrom standardwebhooks.webhooks import Webhook\n\
+        d=json.load(sys.stdin)\nWebhook(d['secret']).verify(d['body'], d['headers'])\nprint('ok')";
+    let input = json!({"secret": secret, "body": req.body, "headers": {
+        "webhook-id": req.headers["webhook-id"],
+        "webhook-timestamp": req.headers["webhook-timestamp"],
+        "webhook-signature": req.headers["webhook-signature"],
+    }});
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3 with standardwebhooks (pip install standardwebhooks)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "ok"
+}
+
+#[tokio::test]
+async fn booking_events_reach_subscribed_webhooks_signed_and_retried() {
+    use crate::mock_http::{Mock, Response};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let hook = Mock::start(move |_| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Response::json(503, json!({"error": "busy"}))
+        } else {
+            Response::json(200, json!({}))
+        }
+    })
+    .await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let toml = format!(
+        "[[apps]]\nid = '100'\nkey = 'test-key'\nsecret = 'test-secret'\n\n\
+         [[apps.event_webhooks]]\nurl = '{}'\nevents = ['booking.*']\nsecret = '{secret}'\n\n\
+         [[apps.event_webhooks]]\nurl = '{}'\nevents = ['order.*']\nsecret = '{secret}'\n",
+        hook.url("/bookings"),
+        hook.url("/orders")
+    );
+    let server = Setup::default().toml(&toml).start();
+    let api = Api::new(&server);
+    let booking = json!({"booking_id": "B-3", "status": "confirmed"});
+    for event in ["booking.created", "booking.cancelled", "staff.updated"] {
+        let r = api.trigger("bookings", event, &booking.to_string()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // The same event again is a duplicate, not a second webhook.
+    api.trigger("bookings", "booking.created", &booking.to_string())
+        .await;
+    hook.wait_for("/", 3, 20).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = hook.requests();
+    assert_eq!(
+        got.len(),
+        3,
+        "two events, the first retried after a 503: {got:?}"
+    );
+    assert!(got.iter().all(|r| r.path == "/bookings"));
+    let mut types = Vec::new();
+    for r in &got[1..] {
+        assert!(
+            verified_by_standard_webhooks(r, secret),
+            "bad signature: {r:?}"
+        );
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["data"]["booking_id"], "B-3");
+        assert_eq!(body["channel"], "bookings");
+        types.push(body["type"].as_str().unwrap().to_owned());
+    }
+    types.sort();
+    assert_eq!(types, ["booking.cancelled", "booking.created"]);
+    // The retry carries the same webhook-id, so a receiver can de-duplicate.
+    let first: Value = serde_json::from_str(&got[0].body).unwrap();
+    let again = got[1..]
+        .iter()
+        .find(|r| serde_json::from_str::<Value>(&r.body).unwrap()["type"] == first["type"])
+        .unwrap();
+    assert_eq!(got[0].headers["webhook-id"], again.headers["webhook-id"]);
+}

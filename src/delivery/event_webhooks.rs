@@ -1,0 +1,300 @@
+//! Outbound webhooks for business events (the seeds' event bus: `booking.created`,
+//! `booking.cancelled`, …): per-app subscriptions with event filters. A triggered event that a
+//! subscription wants becomes a durable job, accepted before the trigger is answered, and is
+//! POSTed signed with Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`), retried with back-off on 408, 429, 5xx and network errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_protocol::signing::{sign_standard_webhook, standard_webhook_key};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::apps::AppDirectory;
+use crate::jobs::retry::Schedule;
+use crate::jobs::{Attempt, Claimed, Handler, NewJob, Verdict};
+use crate::store::{now_ms, Store, StoreError};
+use crate::webhooks::sender::{read_prefix, truncate, without_url};
+
+pub const KIND: &str = "event_webhook";
+const EXPIRY_MS: i64 = 24 * 3600 * 1000;
+
+/// `[[apps.event_webhooks]]`.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub url: String,
+    /// Event names, `*` matching any run of characters (`booking.*`); empty = all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// `whsec_` + base64, as Standard Webhooks libraries expect. Never serialized.
+    #[serde(default, skip_serializing)]
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("event webhook url {0:?} must be an http:// or https:// URL")]
+    Url(String),
+    #[error("event webhook {0:?}: secret must be whsec_ followed by base64")]
+    Secret(String),
+}
+
+impl Subscription {
+    pub fn validate(&self) -> Result<(), SubscriptionError> {
+        let ok = reqwest::Url::parse(&self.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(SubscriptionError::Url(self.url.clone()));
+        }
+        if standard_webhook_key(&self.secret).is_none() {
+            return Err(SubscriptionError::Secret(self.url.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.is_empty()
+            || self.events.iter().any(|p| {
+                let parts: Vec<&str> = p.split('*').collect();
+                glob(&parts, event)
+            })
+    }
+}
+
+/// `*`-glob match without building a regex per event.
+fn glob(parts: &[&str], s: &str) -> bool {
+    match parts {
+        [] => s.is_empty(),
+        [only] => s == *only,
+        [first, rest @ ..] => {
+            let Some(mut s) = s.strip_prefix(first) else {
+                return false;
+            };
+            let (last, middle) = rest.split_last().unwrap_or((&"", &[]));
+            for m in middle {
+                match s.find(m) {
+                    Some(i) => s = &s[i + m.len()..],
+                    None => return false,
+                }
+            }
+            s.ends_with(last)
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    url: String,
+    id: String,
+    body: String,
+}
+
+/// The jobs for one event: one per subscription that wants it. `event_id` makes a repeated
+/// event a duplicate.
+pub fn jobs_for(
+    app_id: &str,
+    subs: &[Subscription],
+    event_id: &str,
+    name: &str,
+    channel: &str,
+    data: &Value,
+) -> Vec<NewJob> {
+    let now = now_ms();
+    let ts = chrono::DateTime::from_timestamp_millis(now)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    subs.iter()
+        .enumerate()
+        .filter(|(_, s)| s.wants(name))
+        .map(|(i, s)| {
+            let id = format!("msg_{event_id}{i}");
+            let body = json!({"type": name, "timestamp": ts, "channel": channel, "data": data});
+            NewJob {
+                kind: KIND,
+                app_id: app_id.to_owned(),
+                payload: serde_json::to_string(&Payload {
+                    url: s.url.clone(),
+                    id: id.clone(),
+                    body: body.to_string(),
+                })
+                .unwrap_or_default(),
+                dedupe_key: Some(format!("{KIND}:{app_id}:{id}")),
+                run_at: now,
+                expires_at: now + EXPIRY_MS,
+            }
+        })
+        .collect()
+}
+
+pub async fn enqueue(store: &Store, jobs: &[NewJob]) -> Result<(), StoreError> {
+    for j in jobs {
+        store.enqueue(j).await?;
+    }
+    Ok(())
+}
+
+pub struct EventWebhookSender {
+    apps: Arc<AppDirectory>,
+    http: reqwest::Client,
+}
+
+impl EventWebhookSender {
+    pub fn new(apps: Arc<AppDirectory>, timeout: Duration) -> Self {
+        Self {
+            apps,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                // unwrap: a client with these options always builds.
+                .unwrap(),
+        }
+    }
+
+    async fn send(&self, job: &Claimed) -> Attempt {
+        let permanent = |detail: String| Attempt {
+            verdict: Verdict::Permanent,
+            http_status: None,
+            detail,
+        };
+        let Ok(p) = serde_json::from_str::<Payload>(&job.payload) else {
+            return permanent("malformed event webhook job".into());
+        };
+        let Some(app) = self.apps.by_id(&job.app_id) else {
+            return permanent(format!("app {} no longer exists", job.app_id));
+        };
+        // Signed with the subscription's current secret; a removed subscription gets nothing.
+        let Some(key) = app
+            .config
+            .event_webhooks
+            .iter()
+            .find(|s| s.url == p.url)
+            .and_then(|s| standard_webhook_key(&s.secret))
+        else {
+            return permanent(format!("subscription {} is no longer configured", p.url));
+        };
+        let ts = now_ms() / 1000;
+        let signature = sign_standard_webhook(&key, &p.id, ts, p.body.as_bytes());
+        let req = self
+            .http
+            .post(&p.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &p.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(p.body);
+        match req.send().await {
+            Err(e) => Attempt {
+                verdict: Verdict::Retry { retry_after: None },
+                http_status: None,
+                detail: if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    format!("request failed: {}", without_url(&e))
+                },
+            },
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(3600)));
+                let text = read_prefix(resp, 512).await;
+                Attempt {
+                    verdict: match status {
+                        200..=299 => Verdict::Done,
+                        408 | 429 | 500..=599 => Verdict::Retry { retry_after },
+                        _ => Verdict::Permanent,
+                    },
+                    http_status: Some(status),
+                    detail: format!("HTTP {status}: {}", truncate(&text, 200)),
+                }
+            }
+        }
+    }
+}
+
+impl Handler for EventWebhookSender {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule::WEBHOOK
+    }
+
+    fn run<'a>(&'a self, job: &'a Claimed) -> BoxFuture<'a, Attempt> {
+        Box::pin(self.send(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(events: &[&str]) -> Subscription {
+        Subscription {
+            url: "http://127.0.0.1:9/hook".into(),
+            events: events.iter().map(|s| s.to_string()).collect(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        }
+    }
+
+    #[test]
+    fn filters_glob_event_names() {
+        assert!(sub(&[]).wants("anything"));
+        assert!(sub(&["booking.*"]).wants("booking.created"));
+        assert!(!sub(&["booking.*"]).wants("order.created"));
+        assert!(sub(&["*.cancelled"]).wants("booking.cancelled"));
+        assert!(sub(&["booking.*.v*"]).wants("booking.x.v2"));
+        assert!(!sub(&["booking.created"]).wants("booking.created2"));
+    }
+
+    #[test]
+    fn subscriptions_are_validated() {
+        assert!(sub(&[]).validate().is_ok());
+        let mut s = sub(&[]);
+        s.secret = "plain".into();
+        assert!(s.validate().is_err());
+        s = sub(&[]);
+        s.url = "ftp://x".into();
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn one_job_per_interested_subscription_with_a_stable_id() {
+        let subs = [sub(&["booking.*"]), sub(&["order.*"])];
+        let jobs = jobs_for(
+            "1",
+            &subs,
+            "abc",
+            "booking.created",
+            "bookings",
+            &json!({"id": 1}),
+        );
+        assert_eq!(jobs.len(), 1);
+        let p: Payload = serde_json::from_str(&jobs[0].payload).unwrap();
+        assert_eq!(p.id, "msg_abc0");
+        let body: Value = serde_json::from_str(&p.body).unwrap();
+        assert_eq!(body["type"], "booking.created");
+        assert_eq!(body["data"]["id"], 1);
+        assert_eq!(
+            jobs[0].dedupe_key.as_deref(),
+            Some("event_webhook:1:msg_abc0")
+        );
+    }
+}

@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""HotelMate on bellhop, end to end, the way HotelMate's Django backend would use it.
+
+A fake FCM (token endpoint verifying the service account's RS256 JWT with
+tests/fixtures/fcm-test-key.pub.pem; `messages:send` recording every body) runs in this
+process. bellhop runs with examples/hotelmate/bellhop.toml rendered to point at it. Staff and
+their FCM tokens are registered through bellhop's directory API (signed like the Pusher HTTP
+API); one porter has the app open (a WebSocket signed in with pusher:signin); events are
+triggered with the official `pusher` Python server SDK. Then the pushes, the live in-app items
+and the delivery records are checked.
+
+    python3 -m pip install pyjwt cryptography pusher websockets
+    BELLHOP_BIN=/path/to/bellhop python3 tests/examples/hotelmate.py
+
+Prints one line per check and, last, `N passed, M failed`; exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+try:
+    import jwt  # PyJWT (RS256 needs `cryptography`)
+    import pusher
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+except ImportError as e:  # pragma: no cover
+    sys.exit(f"missing a package ({e}): python3 -m pip install pyjwt cryptography pusher websockets")
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+CONFIG_TEMPLATE = ROOT / "examples" / "hotelmate" / "bellhop.toml"
+DEFAULT_BIN = "/var/tmp/bellhop-ci-target/debug/bellhop"
+
+# Must match examples/hotelmate/bellhop.toml.
+APP_ID = "1001"
+KEY = "hotelmate-key"
+SECRET = "hotelmate-secret-change-me"
+
+PROJECT = "hotelmate-test"
+CLIENT_EMAIL = "bellhop@hotelmate-test.iam.gserviceaccount.com"
+KEY_ID = "test-key-1"
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+
+HOTEL = "grand-hotel"
+WAIT = 15.0  # the bound of every wait, seconds
+
+# The staff: 41 writes in the staff chat; 42 (porter) and 44 (housekeeping) have the app
+# closed; 43 (porter) has it open.
+STAFF = {
+    "41": {"display_name": "Aoife Byrne", "email": "aoife@grand-hotel.example", "token": "tok-41-phone"},
+    "42": {"display_name": "Seán Murphy", "email": "sean@grand-hotel.example", "token": "tok-42-phone"},
+    "43": {"display_name": "Conor Walsh", "email": "conor@grand-hotel.example", "token": "tok-43-phone"},
+    "44": {"display_name": "Niamh Kelly", "email": "niamh@grand-hotel.example", "token": "tok-44-phone"},
+}
+CONNECTED = "43"
+
+
+class Fatal(Exception):
+    """A failure that makes the remaining checks meaningless."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            log(f"ok    {name}")
+        else:
+            self.failed.append(name)
+            log(f"FAIL  {name}")
+            if detail:
+                for line in detail.splitlines():
+                    log(f"        {line}")
+        return ok
+
+    def equal(self, name: str, got, want) -> bool:
+        return self.check(
+            name,
+            got == want,
+            f"expected: {json.dumps(want, ensure_ascii=False, sort_keys=True)}\n"
+            f"got:      {json.dumps(got, ensure_ascii=False, sort_keys=True)}",
+        )
+
+
+def wait_until(fn, timeout: float = WAIT, every: float = 0.1):
+    """Calls fn until it returns something truthy or timeout passes; returns the last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(every)
+
+
+# ----------------------------------------------------------------------------------------
+# The fake FCM
+# ----------------------------------------------------------------------------------------
+
+
+class FakeFcm:
+    """`POST /token`: checks the JWT bearer grant (RS256, kid, iss, aud, scope) and hands out
+    `ya29.fake-N`. `POST /v1/projects/{PROJECT}/messages:send`: wants a token it handed out,
+    records the body, and answers as FCM does (a known device token: 200 with a message name;
+    another: 400 INVALID_ARGUMENT)."""
+
+    def __init__(self, public_pem: bytes, known_tokens: set[str]) -> None:
+        self.public_pem = public_pem
+        self.known = known_tokens
+        self.lock = threading.Lock()
+        self.issued: list[str] = []
+        self.token_requests = 0
+        self.rejected_tokens: list[str] = []  # why a token request was refused
+        self.unauthorized_sends = 0
+        self.sends: list[dict] = []  # every messages:send body, parsed
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def reply(self, status: int, body: dict) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json; charset=UTF-8")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n)
+                try:
+                    status, answer = fake.handle(self.path, self.headers, body)
+                except Exception as e:  # a bug here must not look like a bellhop bug
+                    status, answer = 500, {"error": {"code": 500, "message": f"fake FCM: {e!r}"}}
+                self.reply(status, answer)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.token_url = self.url + "/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-fcm", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, path: str, headers, body: bytes):
+        if path == "/token":
+            return self.token(body)
+        if path == f"/v1/projects/{PROJECT}/messages:send":
+            return self.send(headers, body)
+        return 404, {"error": {"code": 404, "message": f"no route {path}", "status": "NOT_FOUND"}}
+
+    def token(self, body: bytes):
+        form = urllib.parse.parse_qs(body.decode())
+        with self.lock:
+            self.token_requests += 1
+        grant = form.get("grant_type", [""])[0]
+        if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return self.refuse(f"grant_type {grant!r}", 400, "unsupported_grant_type")
+        assertion = form.get("assertion", [""])[0]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            claims = jwt.decode(
+                assertion,
+                self.public_pem,
+                algorithms=["RS256"],
+                audience=self.token_url,
+                issuer=CLIENT_EMAIL,
+                options={"require": ["iss", "aud", "iat", "exp"]},
+            )
+        except jwt.PyJWTError as e:
+            return self.refuse(f"JWT: {e}", 400, "invalid_grant", "Invalid JWT Signature.")
+        if header.get("kid") != KEY_ID:
+            return self.refuse(f"kid {header.get('kid')!r}", 400, "invalid_grant")
+        if claims.get("scope") != SCOPE:
+            return self.refuse(f"scope {claims.get('scope')!r}", 400, "invalid_scope")
+        if not (claims["iat"] <= time.time() + 60 and claims["exp"] - claims["iat"] <= 3600):
+            return self.refuse(f"iat/exp {claims['iat']}/{claims['exp']}", 400, "invalid_grant")
+        with self.lock:
+            t = f"ya29.fake-{len(self.issued) + 1}"
+            self.issued.append(t)
+        return 200, {"access_token": t, "expires_in": 3599, "token_type": "Bearer"}
+
+    def refuse(self, why: str, status: int, error: str, description: str = ""):
+        with self.lock:
+            self.rejected_tokens.append(why)
+        return status, {"error": error, "error_description": description or why}
+
+    def send(self, headers, body: bytes):
+        bearer = headers.get("authorization", "")
+        with self.lock:
+            known = any(bearer == f"Bearer {t}" for t in self.issued)
+            if not known:
+                self.unauthorized_sends += 1
+        if not known:
+            return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                   "message": "Request had invalid authentication credentials.",
+                                   "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                                "errorCode": "THIRD_PARTY_AUTH_ERROR"}]}}
+        msg = json.loads(body)
+        token = msg.get("message", {}).get("token", "")
+        with self.lock:
+            self.sends.append(msg)
+            n = len(self.sends)
+        if token not in self.known:
+            return 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                   "message": "The registration token is not a valid FCM registration token",
+                                   "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                                "errorCode": "INVALID_ARGUMENT"}]}}
+        return 200, {"name": f"projects/{PROJECT}/messages/{n}"}
+
+    def messages(self, token: str | None = None, kind: str | None = None) -> list[dict]:
+        """The `message` objects sent, optionally to one device token and of one data type."""
+        with self.lock:
+            out = [s["message"] for s in self.sends]
+        if token is not None:
+            out = [m for m in out if m.get("token") == token]
+        if kind is not None:
+            out = [m for m in out if m.get("data", {}).get("type") == kind]
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# bellhop
+# ----------------------------------------------------------------------------------------
+
+
+class Bellhop:
+    def __init__(self, binary: str, config: Path, data_dir: Path, log_path: Path) -> None:
+        env = dict(os.environ)
+        env.update({
+            "BELLHOP_CONFIG": str(config),
+            "BELLHOP_PORT": "0",
+            "BELLHOP_METRICS_PORT": "0",
+            "BELLHOP_DATA_DIR": str(data_dir),
+            "BELLHOP_LOG": "warn",
+        })
+        self.log_path = log_path
+        self.stderr = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self.stderr, start_new_session=True,
+        )
+        lines: queue.Queue = queue.Queue()
+
+        def read():
+            for raw in self.proc.stdout:
+                lines.put(raw.decode(errors="replace").rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, name="bellhop-stdout", daemon=True).start()
+        end = time.monotonic() + WAIT
+        self.base = None
+        while time.monotonic() < end:
+            try:
+                line = lines.get(timeout=max(0.05, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if line.startswith("listening http://"):
+                self.base = line.split(" ", 1)[1].strip()
+                break
+        if self.base is None:
+            self.stop()
+            raise Fatal(f"bellhop did not print 'listening http://…' within {WAIT:.0f}s "
+                        f"(exit code {self.proc.returncode}); its log:\n{self.log_tail()}")
+        self.port = int(self.base.rsplit(":", 1)[1])
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            if not self.stderr.closed:
+                self.stderr.flush()
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
+
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def api(base: str, method: str, path: str, body=None, params: dict | None = None):
+    """A request to bellhop's HTTP API, signed as the Pusher HTTP API is: auth_key,
+    auth_timestamp, auth_version=1.0, body_md5 for a non-empty body, and auth_signature =
+    HMAC-SHA256 hex of "METHOD\\nPATH\\nsorted query" under the app secret."""
+    raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+    q = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
+    q.update(params or {})
+    if raw:
+        q["body_md5"] = hashlib.md5(raw).hexdigest()
+    to_sign = f"{method}\n{path}\n" + "&".join(f"{k}={q[k]}" for k in sorted(q))
+    q["auth_signature"] = hmac.new(SECRET.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    req = urllib.request.Request(
+        f"{base}{path}?{urllib.parse.urlencode(q)}", data=raw if raw else None, method=method,
+        headers={"content-type": "application/json"} if raw else {},
+    )
+    try:
+        with _no_proxy.open(req, timeout=WAIT) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    try:
+        return status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return status, text
+
+
+def deliveries(base: str, user: str, rule: str) -> list[dict]:
+    """The user's deliveries made by one rule, from GET /apps/{id}/users/{user}/notifications."""
+    status, body = api(base, "GET", f"/apps/{APP_ID}/users/{user}/notifications")
+    if status != 200:
+        raise Fatal(f"GET notifications of {user}: {status} {body}")
+    return [
+        d for n in body["notifications"] if n.get("rule") == rule for d in n["deliveries"]
+    ]
+
+
+def settled(base: str, user: str, rule: str, n: int) -> list[dict]:
+    """Waits until the user has n deliveries of the rule, none pending/held/scheduled."""
+    last: list[dict] = []
+
+    def done():
+        nonlocal last
+        last = deliveries(base, user, rule)
+        return len(last) >= n and all(d["state"] not in ("pending", "held", "scheduled") for d in last)
+
+    wait_until(done)
+    return last
+
+
+def states(ds: list[dict]) -> dict[str, tuple[str, str]]:
+    return {d["channel"]: (d["state"], d.get("reason") or "") for d in ds}
+
+
+# ----------------------------------------------------------------------------------------
+# A pusher-js-like WebSocket client
+# ----------------------------------------------------------------------------------------
+
+
+class Socket:
+    def __init__(self, port: int) -> None:
+        url = f"ws://127.0.0.1:{port}/app/{KEY}?protocol=7&client=python-websockets&version=1.0"
+        try:
+            self.ws = ws_connect(url, open_timeout=WAIT, proxy=None)
+        except TypeError:  # websockets < 15 has no proxy support to turn off
+            self.ws = ws_connect(url, open_timeout=WAIT)
+        self.cond = threading.Condition()
+        self.frames: list[dict] = []
+        self.closed = None
+        threading.Thread(target=self.read, name="ws-reader", daemon=True).start()
+        est = self.wait(lambda f: f["event"] == "pusher:connection_established")
+        if est is None:
+            raise Fatal(f"no pusher:connection_established; frames: {self.frames}")
+        self.socket_id = json.loads(est["data"])["socket_id"]
+
+    def read(self) -> None:
+        try:
+            for raw in self.ws:
+                f = json.loads(raw)
+                if f.get("event") == "pusher:ping":
+                    self.send({"event": "pusher:pong", "data": {}})
+                with self.cond:
+                    self.frames.append(f)
+                    self.cond.notify_all()
+        except ConnectionClosed as e:
+            with self.cond:
+                self.closed = e
+                self.cond.notify_all()
+
+    def send(self, frame: dict) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def wait(self, pred, timeout: float = WAIT):
+        """The first frame matching pred, waiting up to timeout for it."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for f in self.frames:
+                    if pred(f):
+                        return f
+                left = end - time.monotonic()
+                if left <= 0 or self.closed is not None:
+                    return None
+                self.cond.wait(left)
+
+    def matching(self, pred) -> list[dict]:
+        with self.cond:
+            return [f for f in self.frames if pred(f)]
+
+    def signin(self, user_data: str) -> None:
+        sig = hmac.new(SECRET.encode(), f"{self.socket_id}::user::{user_data}".encode(),
+                       hashlib.sha256).hexdigest()
+        self.send({"event": "pusher:signin", "data": {"auth": f"{KEY}:{sig}", "user_data": user_data}})
+        ok = self.wait(lambda f: f["event"] in ("pusher:signin_success", "pusher:error"))
+        if ok is None or ok["event"] != "pusher:signin_success":
+            raise Fatal(f"pusher:signin failed: {ok}")
+
+    def subscribe(self, channel: str) -> None:
+        self.send({"event": "pusher:subscribe", "data": {"channel": channel}})
+        ok = self.wait(lambda f: f.get("channel") == channel and f["event"] in (
+            "pusher_internal:subscription_succeeded", "pusher:subscription_error"))
+        if ok is None or ok["event"] != "pusher_internal:subscription_succeeded":
+            raise Fatal(f"subscribing to {channel} failed: {ok or 'no answer'}")
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+def event_on(channel: str, event: str):
+    return lambda f: f.get("channel") == channel and f.get("event") == event
+
+
+def inbox_push(user: str, kind: str):
+    """A bellhop:notification on #server-to-user-{user} whose item has this type."""
+    def pred(f):
+        if f.get("channel") != f"#server-to-user-{user}" or f.get("event") != "bellhop:notification":
+            return False
+        try:
+            return json.loads(f["data"])["item"]["type"] == kind
+        except (KeyError, TypeError, ValueError):
+            return False
+    return pred
+
+
+# ----------------------------------------------------------------------------------------
+# The scenario
+# ----------------------------------------------------------------------------------------
+
+
+def render_config(template: str, values: dict[str, str]) -> str:
+    """Fills the `${NAME}` placeholders of the example config; each must be there."""
+    for name, value in values.items():
+        placeholder = "${" + name + "}"
+        if placeholder not in template:
+            raise Fatal(f"{CONFIG_TEMPLATE} has no {placeholder} placeholder")
+        if "'" in value or "\n" in value:  # the placeholders sit in TOML literal strings
+            raise Fatal(f"{name} cannot go in a TOML literal string: {value!r}")
+        template = template.replace(placeholder, value)
+    return template
+
+
+def run(c: Checks, tmp: Path, binary: str) -> None:
+    for var in ("NO_PROXY", "no_proxy"):  # the pusher SDK (requests) and bellhop (reqwest)
+        os.environ[var] = ",".join(filter(None, [os.environ.get(var), "127.0.0.1", "localhost"]))
+
+    fcm = FakeFcm((FIXTURES / "fcm-test-key.pub.pem").read_bytes(),
+                  {s["token"] for s in STAFF.values()})
+    server = None
+    try:
+        sa = tmp / "service-account.json"
+        sa.write_text(json.dumps({
+            "type": "service_account", "project_id": PROJECT, "private_key_id": KEY_ID,
+            "private_key": (FIXTURES / "fcm-test-key.pem").read_text(),
+            "client_email": CLIENT_EMAIL, "client_id": "1", "token_uri": fcm.token_url,
+        }))
+        config = tmp / "bellhop.toml"
+        config.write_text(render_config(CONFIG_TEMPLATE.read_text(), {
+            "FCM_SERVICE_ACCOUNT_FILE": str(sa), "FCM_BASE_URL": fcm.url}))
+        (tmp / "data").mkdir()
+        server = Bellhop(binary, config, tmp / "data", tmp / "bellhop.log")
+        base = server.base
+        log(f"bellhop at {base}, fake FCM at {fcm.url}")
+        try:
+            scenario(c, fcm, base, server)
+        finally:
+            if c.failed:
+                log("bellhop log (last lines):\n" + server.log_tail())
+    finally:
+        if server is not None:
+            server.stop()
+        fcm.stop()
+
+
+def scenario(c: Checks, fcm: FakeFcm, base: str, server: Bellhop) -> None:
+    # --- the directory: staff and their phones --------------------------------------------
+    for uid, s in STAFF.items():
+        status, body = api(base, "PUT", f"/apps/{APP_ID}/users/{uid}",
+                           {"display_name": s["display_name"], "email": s["email"],
+                            "locale": "en-IE", "time_zone": "Europe/Dublin"})
+        if status != 200:
+            raise Fatal(f"PUT user {uid}: {status} {body}")
+        status, body = api(base, "POST", f"/apps/{APP_ID}/users/{uid}/devices",
+                           {"token": s["token"], "platform": "android"})
+        if status != 200:
+            raise Fatal(f"POST device of {uid}: {status} {body}")
+    status, body = api(base, "GET", f"/apps/{APP_ID}/users/42")
+    c.check("directory: GET /users/42 shows the profile and its active device",
+            status == 200 and body.get("display_name") == "Seán Murphy"
+            and [d["token"] for d in body.get("devices", []) if d.get("active")] == ["tok-42-phone"],
+            f"{status} {body}")
+
+    # --- porter 43 has the app open --------------------------------------------------------
+    sock = Socket(server.port)
+    try:
+        sock.signin(json.dumps({"id": CONNECTED, "user_info": {"name": "Conor Walsh", "role": "porter"}},
+                               separators=(",", ":")))
+        for ch in (f"#server-to-user-{CONNECTED}", f"{HOTEL}-staff-{CONNECTED}-porter",
+                   f"{HOTEL}-staff-{CONNECTED}-notifications", f"{HOTEL}-staff-conversation-456"):
+            sock.subscribe(ch)
+        scenario_events(c, fcm, base, server, sock)
+    finally:
+        sock.close()
+
+
+def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: Socket) -> None:
+    backend = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1",
+                            port=server.port, ssl=False, timeout=int(WAIT))
+    porters = ["42", CONNECTED]
+
+    # --- (a) a room service order, to every on-duty porter, as HotelMate's signal does -----
+    order = {"order_id": "123", "room_number": "101", "total_price": 45.99,
+             "created_at": "2025-11-30T12:00:00Z", "status": "pending"}
+    for p in porters:
+        backend.trigger(f"{HOTEL}-staff-{p}-porter", "new-room-service-order", order)
+
+    rt = sock.wait(event_on(f"{HOTEL}-staff-{CONNECTED}-porter", "new-room-service-order"))
+    c.check("room service: the connected porter's socket gets the realtime event with the payload",
+            rt is not None and json.loads(rt["data"]) == order, f"frame: {rt}")
+    item = sock.wait(inbox_push(CONNECTED, "room_service_order"))
+    got = json.loads(item["data"]) if item else None
+    c.equal("room service: the connected porter gets bellhop:notification on #server-to-user-43",
+            got and {k: got["item"].get(k) for k in ("type", "title", "body", "data")},
+            {"type": "room_service_order", "title": "🔔 New Room Service Order",
+             "body": "Room 101 - €45.99",
+             "data": {"type": "room_service_order", "order_id": "123", "room_number": "101",
+                      "route": "/orders/room-service"}})
+
+    d42 = settled(base, "42", "porter-room-service-order", 2)
+    c.equal("room service: the disconnected porter's deliveries are in_app sent + fcm sent",
+            {k: v[0] for k, v in states(d42).items()}, {"in_app": "sent", "fcm": "sent"})
+    d43 = settled(base, CONNECTED, "porter-room-service-order", 2)
+    c.equal("room service: the connected porter's push is skipped, 'the recipient is connected'",
+            states(d43), {"in_app": ("sent", "in the inbox"), "fcm": ("skipped", "the recipient is connected")})
+
+    pushes = wait_until(lambda: fcm.messages("tok-42-phone", "room_service_order"), timeout=5)
+    c.check("room service: the disconnected porter's phone gets exactly one push",
+            len(pushes) == 1, f"{len(pushes)} pushes: {pushes}")
+    m = pushes[0] if pushes else {}
+    c.equal("room service: FCM notification title and body", m.get("notification"),
+            {"title": "🔔 New Room Service Order", "body": "Room 101 - €45.99"})
+    c.equal("room service: FCM data exactly as HotelMate's", m.get("data"),
+            {"type": "room_service_order", "order_id": "123", "room_number": "101",
+             "total_price": "45.99", "status": "pending",
+             "click_action": "FLUTTER_NOTIFICATION_CLICK", "route": "/orders/room-service"})
+    c.equal("room service: android click_action FLUTTER_NOTIFICATION_CLICK",
+            m.get("android", {}).get("notification", {}).get("click_action"), "FLUTTER_NOTIFICATION_CLICK")
+
+    # --- (b) a breakfast order -------------------------------------------------------------
+    breakfast = {"order_id": "456", "room_number": "102", "delivery_time": "2025-11-30T08:00:00Z",
+                 "created_at": "2025-11-30T20:00:00Z", "status": "pending"}
+    for p in porters:
+        backend.trigger(f"{HOTEL}-staff-{p}-porter", "new-breakfast-order", breakfast)
+    rt = sock.wait(event_on(f"{HOTEL}-staff-{CONNECTED}-porter", "new-breakfast-order"))
+    item = sock.wait(inbox_push(CONNECTED, "breakfast_order"))
+    got = json.loads(item["data"])["item"] if item else {}
+    c.check("breakfast: the connected porter gets the realtime event and the live in-app item",
+            rt is not None and json.loads(rt["data"]) == breakfast
+            and got.get("title") == "🍳 New Breakfast Order"
+            and got.get("body") == "Room 102 - Delivery: 08:00",
+            f"event: {rt}\nitem: {got}")
+    d43 = settled(base, CONNECTED, "porter-breakfast-order", 2)
+    c.equal("breakfast: the connected porter's push is skipped as connected",
+            states(d43).get("fcm"), ("skipped", "the recipient is connected"))
+    settled(base, "42", "porter-breakfast-order", 2)
+    pushes = wait_until(lambda: fcm.messages("tok-42-phone", "breakfast_order"), timeout=5)
+    c.check("breakfast: the disconnected porter's phone gets exactly one push",
+            len(pushes) == 1, f"{len(pushes)} pushes: {pushes}")
+    m = pushes[0] if pushes else {}
+    c.equal("breakfast: FCM notification and data exactly as HotelMate's",
+            {"notification": m.get("notification"), "data": m.get("data")},
+            {"notification": {"title": "🍳 New Breakfast Order", "body": "Room 102 - Delivery: 08:00"},
+             "data": {"type": "breakfast_order", "order_id": "456", "room_number": "102",
+                      "delivery_time": "08:00", "status": "pending",
+                      "click_action": "FLUTTER_NOTIFICATION_CLICK", "route": "/orders/breakfast"}})
+
+    # --- (c) a staff chat message in a group conversation ----------------------------------
+    # Porter 43's app is subscribed to the conversation channel, as HotelMate's is while the
+    # conversation list is open; 42 and 44 have the app closed. The backend lists the
+    # participants to notify (all but the sender, 41) in participant_ids, as Django ids.
+    text = ("Heads up: the Murphy wedding party checks in at 23:00 tonight, 14 rooms on the third "
+            "floor, luggage trolleys to the side entrance please.")
+    chat = {"message_id": "789", "sender_id": "41", "sender_name": "Aoife Byrne",
+            "message_text": text, "conversation_id": "456", "timestamp": "2025-11-30T10:00:00Z",
+            "participant_ids": [42, 43, 44], "is_group": True, "group_title": "Night Shift"}
+    backend.trigger(f"{HOTEL}-staff-conversation-456", "new-message", chat)
+    chat_title, chat_body = "💬 Aoife Byrne in Night Shift", text[:100]
+    rt = sock.wait(event_on(f"{HOTEL}-staff-conversation-456", "new-message"))
+    item = sock.wait(inbox_push(CONNECTED, "staff_chat_message"))
+    got = json.loads(item["data"])["item"] if item else {}
+    c.check("staff chat: the connected participant gets the realtime event and the live in-app item",
+            rt is not None and json.loads(rt["data"]) == chat
+            and got.get("title") == chat_title and got.get("body") == chat_body,
+            f"event: {rt}\nitem: {got}")
+    per_user = {u: states(settled(base, u, "staff-chat-message", 2)) for u in ("42", "43", "44")}
+    c.equal("staff chat: every participant in participant_ids gets the in-app item",
+            {u: s.get("in_app", ("none", ""))[0] for u, s in per_user.items()},
+            {"42": "sent", "43": "sent", "44": "sent"})
+    c.equal("staff chat: the sender (not in participant_ids) gets nothing",
+            deliveries(base, "41", "staff-chat-message"), [])
+    c.equal("staff chat: push to the two participants with the app closed, none to the connected one",
+            {u: s.get("fcm") for u, s in per_user.items()},
+            {"42": ("sent", "pushed to 1 device(s)"), "43": ("skipped", "the recipient is connected"),
+             "44": ("sent", "pushed to 1 device(s)")})
+    want_chat = {
+        "notification": {"title": chat_title, "body": chat_body},
+        "data": {"type": "staff_chat_message", "conversation_id": "456", "sender_id": "41",
+                 "sender_name": "Aoife Byrne", "is_group": "true", "hotel_slug": HOTEL,
+                 "click_action": f"/staff-chat/{HOTEL}/conversation/456",
+                 "url": f"https://hotelsmates.com/staff-chat/{HOTEL}/conversation/456"},
+    }
+    for u in ("42", "44"):
+        pushes = fcm.messages(STAFF[u]["token"], "staff_chat_message")
+        c.equal(f"staff chat: {u}'s phone gets exactly one push, HotelMate's title/body/data",
+                [{"notification": p.get("notification"), "data": p.get("data")} for p in pushes],
+                [want_chat])
+
+    # --- (d) @mentions: 44 with the app closed, 43 with it open ----------------------------
+    mention_text = "@Niamh can you check the minibar in 214 before the wedding party arrives?"
+    mention = {"conversation_id": "456", "conversation_title": "Night Shift", "message_id": "790",
+               "sender_id": "41", "sender_name": "Aoife Byrne", "message_text": mention_text,
+               "timestamp": "2025-11-30T10:05:00Z"}
+    backend.trigger(f"{HOTEL}-staff-44-notifications", "message-mention", mention)
+    mention_title = "@\ufe0f\u20e3 Aoife Byrne mentioned you in Night Shift"
+    d44 = settled(base, "44", "staff-chat-mention", 2)
+    c.equal("mention: the mentioned staff member's deliveries are in_app sent + fcm sent",
+            {k: v[0] for k, v in states(d44).items()}, {"in_app": "sent", "fcm": "sent"})
+    pushes = wait_until(lambda: fcm.messages("tok-44-phone", "staff_chat_mention"), timeout=5)
+    c.equal("mention: one push to the mentioned staff member, HotelMate's title/body/data",
+            [{"notification": p.get("notification"), "data": p.get("data")} for p in pushes],
+            [{"notification": {"title": mention_title, "body": mention_text},
+              "data": {"type": "staff_chat_mention", "conversation_id": "456", "sender_id": "41",
+                       "sender_name": "Aoife Byrne", "mentioned_staff_id": "44", "hotel_slug": HOTEL,
+                       "click_action": f"/staff-chat/{HOTEL}/conversation/456",
+                       "url": f"https://hotelsmates.com/staff-chat/{HOTEL}/conversation/456"}}])
+    c.equal("mention: nobody else is notified of it",
+            {u: deliveries(base, u, "staff-chat-mention") for u in ("41", "42", "43")},
+            {"41": [], "42": [], "43": []})
+    mention43 = dict(mention, message_id="791", message_text="@Conor trolley to room 301 please")
+    backend.trigger(f"{HOTEL}-staff-{CONNECTED}-notifications", "message-mention", mention43)
+    item = sock.wait(inbox_push(CONNECTED, "staff_chat_mention"))
+    got = json.loads(item["data"])["item"] if item else {}
+    c.check("mention: a connected staff member gets it live as bellhop:notification",
+            got.get("title") == mention_title and got.get("body") == "@Conor trolley to room 301 please",
+            f"item: {got}")
+    c.equal("mention: and no push, as connected",
+            states(settled(base, CONNECTED, "staff-chat-mention", 2)).get("fcm"),
+            ("skipped", "the recipient is connected"))
+
+    # --- (e) the same order again (post_save fires again): nobody is notified twice --------
+    backend.trigger(f"{HOTEL}-staff-42-porter", "new-room-service-order", order)
+    backend.trigger(f"{HOTEL}-staff-42-porter", "new-room-service-order", order)
+    time.sleep(2.0)  # long enough for a second push to have gone out
+    c.check("duplicate order: still exactly one room-service push to the porter's phone",
+            len(fcm.messages("tok-42-phone", "room_service_order")) == 1,
+            f"pushes: {fcm.messages('tok-42-phone', 'room_service_order')}")
+    d42 = deliveries(base, "42", "porter-room-service-order")
+    c.check("duplicate order: still two deliveries (in_app, fcm) in the porter's record",
+            sorted(d["channel"] for d in d42) == ["fcm", "in_app"], f"deliveries: {d42}")
+    status, inbox = api(base, "GET", f"/apps/{APP_ID}/users/42/inbox")
+    kinds = sorted(i["type"] for i in inbox.get("items", [])) if status == 200 else inbox
+    c.equal("duplicate order: one room-service item in the porter's inbox (3 items, 3 unread)",
+            {"kinds": kinds, "unread": inbox.get("unread_count") if status == 200 else None},
+            {"kinds": ["breakfast_order", "room_service_order", "staff_chat_message"], "unread": 3})
+
+    # --- FCM as a whole ----------------------------------------------------------------------
+    c.equal("fcm: the connected porter's phone never got a push", fcm.messages("tok-43-phone"), [])
+    c.equal("fcm: pushes per device over the whole run",
+            {t: len(fcm.messages(s["token"])) for t, s in STAFF.items()},
+            {"41": 0, "42": 3, "43": 0, "44": 2})
+    c.check("fcm: every token request carried a valid RS256 JWT (kid, iss, aud, scope), and "
+            "every send a token the fake issued",
+            fcm.token_requests >= 1 and not fcm.rejected_tokens and fcm.unauthorized_sends == 0,
+            f"token requests {fcm.token_requests}, refused {fcm.rejected_tokens}, "
+            f"unauthorized sends {fcm.unauthorized_sends}")
+
+
+def main() -> int:
+    binary = os.environ.get("BELLHOP_BIN") or DEFAULT_BIN
+    c = Checks()
+    if not os.access(binary, os.X_OK):
+        c.check("the bellhop binary is there", False, f"{binary!r} is not executable (set BELLHOP_BIN)")
+        log(f"{c.passed} passed, {len(c.failed)} failed")
+        return 1
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with tempfile.TemporaryDirectory(prefix="bellhop-hotelmate-") as tmp:
+        try:
+            run(c, Path(tmp), binary)
+        except Fatal as e:
+            c.check("the scenario ran to its end", False, str(e))
+        except KeyboardInterrupt as e:
+            c.check("the scenario ran to its end", False, f"interrupted ({e})")
+        except Exception as e:  # a crash is a failure with its reason, never a pass
+            import traceback
+            c.check("the scenario ran to its end", False, traceback.format_exc().rstrip() or repr(e))
+    log(f"{c.passed} passed, {len(c.failed)} failed")
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
