@@ -356,13 +356,25 @@ impl Engine {
         self.store.accept_notifications(&notes).await
     }
 
-    /// Whether the user has a live socket: signed in as them anywhere, or subscribed to the
-    /// channel the event went to.
-    async fn connected(&self, app: &AppId, user: &str, channel: Option<&str>) -> bool {
+    /// Whether the user has a live socket: signed in as them anywhere; or, for the channel the
+    /// event went to, a member of it (presence) or a subscriber of a channel that is theirs
+    /// (`personal`: the channel's name carries their id, like `{hotel}-staff-{id}-porter`).
+    /// Anyone else on a shared channel says nothing about this user.
+    async fn connected(
+        &self,
+        app: &AppId,
+        user: &str,
+        channel: Option<&str>,
+        personal: bool,
+    ) -> bool {
         let Ok(uid) = UserId::parse(user, 4096) else {
             return false;
         };
         let channel = channel.and_then(|c| ChannelName::parse(c).ok());
+        let key = |name: ChannelName| ChannelKey {
+            app: app.clone(),
+            name,
+        };
         match &self.ledger {
             Some(l) => {
                 let online = l
@@ -370,22 +382,25 @@ impl Engine {
                     .await
                     .map(|v| v.first().copied().unwrap_or(false))
                     .unwrap_or(false);
-                let subscribed = match &channel {
-                    Some(c) => l.channel(app, c).await.map(|(n, _)| n > 0).unwrap_or(false),
-                    None => false,
-                };
-                online || subscribed
+                online
+                    || match channel {
+                        Some(c) if c.is_presence() => l
+                            .members(app, &c)
+                            .await
+                            .is_ok_and(|m| m.iter().any(|id| id == user)),
+                        Some(c) if personal => l.channel(app, &c).await.is_ok_and(|(n, _)| n > 0),
+                        _ => false,
+                    }
             }
             None => {
                 self.connections.user_online(app, &uid)
-                    || channel.is_some_and(|name| {
-                        self.registry
-                            .stats(&ChannelKey {
-                                app: app.clone(),
-                                name,
-                            })
-                            .is_some()
-                    })
+                    || match channel {
+                        Some(c) if c.is_presence() => {
+                            self.registry.members(&key(c)).await.contains(&uid)
+                        }
+                        Some(c) if personal => self.registry.stats(&key(c)).is_some(),
+                        _ => false,
+                    }
             }
         }
     }
@@ -513,7 +528,10 @@ impl Engine {
             Condition::Offline => {
                 let user = row.user_id.as_deref().unwrap_or("");
                 let event_channel = row.data["channel"].as_str();
-                if self.connected(&app_id, user, event_channel).await {
+                let personal = row.data["captures"]
+                    .as_object()
+                    .is_some_and(|c| c.values().any(|v| v.as_str() == Some(user)));
+                if self.connected(&app_id, user, event_channel, personal).await {
                     return Ok(Step::Skipped("the recipient is connected".into()));
                 }
             }

@@ -414,7 +414,7 @@ pub fn payload(data: &str) -> Value {
 
 /// The template context of a matched event: the payload's fields at the top level (so
 /// `{{ room_number }}` works as in the seeds' templates), then the captures, and `event`,
-/// `channel`, `data` (the whole payload).
+/// `channel`, `data` (the whole payload), `captures` (the captures alone).
 pub fn context(
     event: &str,
     channel: &str,
@@ -431,6 +431,15 @@ pub fn context(
     ctx.insert("event".into(), Value::String(event.to_owned()));
     ctx.insert("channel".into(), Value::String(channel.to_owned()));
     ctx.insert("data".into(), payload.clone());
+    ctx.insert(
+        "captures".into(),
+        Value::Object(
+            captures
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
     ctx
 }
 

@@ -82,6 +82,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/apps/{app_id}/users/{user_id}/inbox/{item}",
             web::delete().to(api::inbox::delete),
         )
+        .route(
+            "/client/{key}/inbox",
+            web::get().to(api::client_inbox::list),
+        )
+        .route(
+            "/client/{key}/inbox/read",
+            web::post().to(api::client_inbox::read),
+        )
+        .route(
+            "/client/{key}/inbox/{item}",
+            web::delete().to(api::client_inbox::delete),
+        )
+        .route(
+            "/client/{key}/{tail:.*}",
+            web::method(actix_web::http::Method::OPTIONS).to(api::client_inbox::preflight),
+        )
         .route("/admin/apps", web::get().to(admin::list_apps))
         .route("/admin/apps", web::post().to(admin::create_app))
         .route("/admin/apps/{id}", web::patch().to(admin::update_app))

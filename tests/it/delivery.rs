@@ -606,3 +606,108 @@ async fn booking_emails_go_over_starttls_with_auth_and_4xx_is_retried() {
     assert!(eml.contains("&lt;Silva&gt;"), "HTML is escaped: {eml}");
     assert!(eml.contains("Message-ID: <delivery-"), "{eml}");
 }
+
+fn inbox_token(secret: &str, user: &str, exp_in: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + exp_in;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "aud": "bellhop:inbox", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_reads_its_own_inbox_with_a_token_the_backend_signed() {
+    let server = Setup::new()
+        .env("BELLHOP_APP_ALLOWED_ORIGINS", "https://desk.grand.example")
+        .start();
+    let api = Api::new(&server);
+    for (user, title) in [("staff-7", "Order ready"), ("staff-8", "Not yours")] {
+        let body = json!({"users": [user], "type": "ORDER_READY",
+            "channels": [{"channel": "in_app", "title": title, "body": "b"}]});
+        assert_eq!(api.post("notifications", &body).await.status, 202);
+    }
+    let http = reqwest::Client::new();
+    let url = |p: &str| server.http(&format!("/client/{}{p}", crate::harness::KEY));
+    let get = |token: String| {
+        http.get(url("/inbox"))
+            .bearer_auth(token)
+            .header("origin", "https://desk.grand.example")
+            .send()
+    };
+    let token = inbox_token(crate::harness::SECRET, "staff-7", 600);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let r = get(token.clone()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://desk.grand.example"
+        );
+        let body: Value = r.json().await.unwrap();
+        if body["unread_count"] == 1 || tokio::time::Instant::now() > end {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only staff-7's own items: {body}");
+    assert_eq!(items[0]["title"], "Order ready");
+    let id = items[0]["id"].as_i64().unwrap();
+    // Another user's item cannot be deleted with this token.
+    let theirs = loop {
+        let items = api.get("/users/staff-8/inbox", &[]).await.body["items"].clone();
+        if let Some(id) = items[0]["id"].as_i64() {
+            break id;
+        }
+        assert!(tokio::time::Instant::now() < end, "staff-8 got no item");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = http
+        .delete(url(&format!("/inbox/{theirs}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .post(url("/inbox/read"))
+        .bearer_auth(&token)
+        .json(&json!({"id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["unread_count"], 0);
+    // Forged, expired, too long-lived, or missing: refused.
+    for bad in [
+        inbox_token("not-the-secret", "staff-7", 600),
+        inbox_token(crate::harness::SECRET, "staff-7", -300),
+        inbox_token(crate::harness::SECRET, "staff-7", 30 * 24 * 3600),
+    ] {
+        let r = get(bad).await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = http.get(url("/inbox")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // The preflight answers allowed origins only.
+    let pre = http
+        .request(reqwest::Method::OPTIONS, url("/inbox"))
+        .header("origin", "https://desk.grand.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Authorization"));
+    let other = http
+        .request(reqwest::Method::OPTIONS, url("/inbox"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

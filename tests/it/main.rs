@@ -9,6 +9,7 @@ mod cluster_presence;
 mod connection;
 mod delivery;
 mod delivery_booking;
+mod examples;
 mod harness;
 mod http_api;
 mod loadtest_smoke;

@@ -1,10 +1,13 @@
-//! The in-app inbox through the signed backend API: a page of items (newest first,
-//! optionally unread only) with the unread count, mark one or all read, delete one. Changes
-//! are pushed to the user's sockets (`bellhop:inbox`) so every open bell stays current.
+//! The in-app inbox: a page of items (newest first, optionally unread only) with the unread
+//! count, mark one or all read, delete one. Changes are pushed to the user's sockets
+//! (`bellhop:inbox`) so every open bell stays current. Two doors share this code: the signed
+//! backend API (`/apps/{id}/users/{user}/inbox…`), and the client API (`/client/{key}/inbox…`)
+//! a browser calls with a token the backend signed for its user (`client_inbox`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use bellhop_protocol::AppId;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::signed::verify;
 use crate::http::ApiError;
@@ -13,6 +16,103 @@ use crate::state::ServerState;
 fn store_err(e: crate::store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "inbox store unavailable");
     ApiError::Unavailable("the store is unavailable".into())
+}
+
+/// A page of the inbox; `param` reads the query (`unread`, `before`, `limit`).
+pub(crate) async fn page<'a>(
+    state: &ServerState,
+    app: &str,
+    user: &str,
+    param: impl Fn(&str) -> Option<&'a str>,
+) -> Result<Value, ApiError> {
+    let limit = param("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .unwrap_or(20)
+        .clamp(1, 200);
+    let before = match param("before") {
+        None | Some("") => None,
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("before is an item id".into()))?,
+        ),
+    };
+    let unread = matches!(param("unread"), Some("true" | "1"));
+    let items = state
+        .store
+        .inbox(app, user, before, unread, limit)
+        .await
+        .map_err(store_err)?;
+    let unread_count = state
+        .store
+        .unread_count(app, user)
+        .await
+        .map_err(store_err)?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
+    Ok(json!({ "items": items, "unread_count": unread_count, "next_before": next }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    /// One item; without it, every item.
+    #[serde(default)]
+    id: Option<i64>,
+}
+
+/// Marks `{"id": N}` (or, with `{}`, every item) read.
+pub(crate) async fn read(
+    state: &ServerState,
+    app: &AppId,
+    user: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let body: ReadBody = if body.is_empty() {
+        ReadBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
+    };
+    let id = app.as_str();
+    let changed = state
+        .store
+        .mark_read(id, user, body.id)
+        .await
+        .map_err(store_err)?;
+    let unread = state
+        .store
+        .unread_count(id, user)
+        .await
+        .map_err(store_err)?;
+    if changed > 0 {
+        state.delivery.push_unread(app, user, unread).await;
+    }
+    Ok(json!({ "changed": changed, "unread_count": unread }))
+}
+
+pub(crate) async fn remove(
+    state: &ServerState,
+    app: &AppId,
+    user: &str,
+    item: i64,
+) -> Result<Value, ApiError> {
+    let id = app.as_str();
+    if !state
+        .store
+        .delete_inbox_item(id, user, item)
+        .await
+        .map_err(store_err)?
+    {
+        return Err(ApiError::NotFound("no such inbox item".into()));
+    }
+    let unread = state
+        .store
+        .unread_count(id, user)
+        .await
+        .map_err(store_err)?;
+    state.delivery.push_unread(app, user, unread).await;
+    Ok(json!({ "unread_count": unread }))
 }
 
 /// `GET /apps/{id}/users/{user_id}/inbox?unread=true&before=ITEM&limit=N`.
@@ -24,43 +124,8 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, user) = path.into_inner();
     let signed = verify(&state, &req, &app_id, payload).await?;
-    let limit = signed
-        .param("limit")
-        .and_then(|l| l.parse::<i64>().ok())
-        .unwrap_or(20)
-        .clamp(1, 200);
-    let before = match signed.param("before") {
-        None | Some("") => None,
-        Some(b) => Some(
-            b.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest("before is an item id".into()))?,
-        ),
-    };
-    let unread = matches!(signed.param("unread"), Some("true" | "1"));
-    let app = signed.app.id.as_str();
-    let items = state
-        .store
-        .inbox(app, &user, before, unread, limit)
-        .await
-        .map_err(store_err)?;
-    let unread_count = state
-        .store
-        .unread_count(app, &user)
-        .await
-        .map_err(store_err)?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|i| i.id))
-        .flatten();
-    Ok(HttpResponse::Ok()
-        .json(json!({ "items": items, "unread_count": unread_count, "next_before": next })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReadBody {
-    /// One item; without it, every item.
-    #[serde(default)]
-    id: Option<i64>,
+    let page = page(&state, signed.app.id.as_str(), &user, |k| signed.param(k)).await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// `POST /apps/{id}/users/{user_id}/inbox/read` with `{"id": N}` or `{}` for all.
@@ -72,30 +137,8 @@ pub async fn mark_read(
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, user) = path.into_inner();
     let signed = verify(&state, &req, &app_id, payload).await?;
-    let body: ReadBody = if signed.body.is_empty() {
-        ReadBody::default()
-    } else {
-        serde_json::from_slice(&signed.body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
-    };
-    let app = signed.app.id.as_str();
-    let changed = state
-        .store
-        .mark_read(app, &user, body.id)
-        .await
-        .map_err(store_err)?;
-    let unread = state
-        .store
-        .unread_count(app, &user)
-        .await
-        .map_err(store_err)?;
-    if changed > 0 {
-        state
-            .delivery
-            .push_unread(&signed.app.id, &user, unread)
-            .await;
-    }
-    Ok(HttpResponse::Ok().json(json!({ "changed": changed, "unread_count": unread })))
+    let answer = read(&state, &signed.app.id, &user, &signed.body).await?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// `DELETE /apps/{id}/users/{user_id}/inbox/{item}`.
@@ -107,23 +150,6 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, user, item) = path.into_inner();
     let signed = verify(&state, &req, &app_id, payload).await?;
-    let app = signed.app.id.as_str();
-    if !state
-        .store
-        .delete_inbox_item(app, &user, item)
-        .await
-        .map_err(store_err)?
-    {
-        return Err(ApiError::NotFound("no such inbox item".into()));
-    }
-    let unread = state
-        .store
-        .unread_count(app, &user)
-        .await
-        .map_err(store_err)?;
-    state
-        .delivery
-        .push_unread(&signed.app.id, &user, unread)
-        .await;
-    Ok(HttpResponse::Ok().json(json!({ "unread_count": unread })))
+    let answer = remove(&state, &signed.app.id, &user, item).await?;
+    Ok(HttpResponse::Ok().json(answer))
 }

@@ -2,6 +2,7 @@
 //! with [`signed::verify`]; nothing reaches a channel before the signature holds.
 
 pub mod channels;
+pub mod client_inbox;
 pub mod directory;
 pub mod events;
 pub mod inbox;
