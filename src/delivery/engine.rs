@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::attachments;
 use super::email::{Mail, MailResult};
 use super::event_webhooks;
 use super::fcm::{Push, SendResult};
@@ -668,12 +669,29 @@ impl Engine {
                 let Some(to) = to else {
                     return Ok(Step::Skipped("no email address".into()));
                 };
+                let mut attachments = Vec::new();
+                if let Some(spec) = &spec.attach_ics {
+                    let uid = format!("notification-{}@bellhop", row.notification_id);
+                    match attachments::ics(spec, &ctx, &uid) {
+                        Ok(f) => attachments.push(f),
+                        Err(e) => return Ok(Step::Failed(e.to_string())),
+                    }
+                }
+                if let Some(t) = &spec.attach_qr {
+                    let qr = render("attach_qr", t, &ctx, false)
+                        .map_err(attachments::AttachmentError::from)
+                        .and_then(|content| attachments::qr_png(&content));
+                    match qr {
+                        Ok(f) => attachments.push(f),
+                        Err(e) => return Ok(Step::Failed(e.to_string())),
+                    }
+                }
                 let mail = Mail {
                     to,
                     subject: rendered.subject,
                     text: rendered.body,
                     html: rendered.html,
-                    attachments: Vec::new(),
+                    attachments,
                     message_id: format!("<delivery-{}-{}@bellhop>", row.id, row.created_at),
                 };
                 Ok(match mailer.send(mail).await {

@@ -4,6 +4,7 @@
 //! (`templates`), the recipient's preferences and quiet hours (`preferences`), and live
 //! presence deciding whether a push is needed at all (`engine`).
 
+pub mod attachments;
 pub mod email;
 mod engine;
 pub mod event_webhooks;

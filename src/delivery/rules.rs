@@ -100,6 +100,12 @@ pub struct Deliver {
     pub click_action: Option<String>,
     #[serde(default)]
     pub collapse_key: Option<String>,
+    /// Email: a calendar invite built from payload times.
+    #[serde(default)]
+    pub attach_ics: Option<super::attachments::IcsSpec>,
+    /// Email: a QR code (PNG) of this template's text, e.g. `{{ booking_id }}`.
+    #[serde(default)]
+    pub attach_qr: Option<String>,
 }
 
 impl Deliver {
@@ -489,6 +495,8 @@ mod tests {
                 locales: BTreeMap::new(),
                 click_action: None,
                 collapse_key: None,
+                attach_ics: None,
+                attach_qr: None,
             }],
             idempotency_key: None,
             schedule: None,
