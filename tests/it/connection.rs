@@ -164,14 +164,23 @@ fn config_errors_name_the_problem_and_exit_nonzero() {
 fn the_readme_config_example_is_valid() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
-    let end = start + readme[start..].find("```").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("example.toml");
-    std::fs::write(&path, &readme[start..end]).unwrap();
-    let (ok, out) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
-    assert!(ok, "{out}");
-    assert!(out.contains("1001"), "{out}");
+    let blocks: Vec<&str> = readme.split("```toml\n").skip(1).collect();
+    assert!(blocks.len() >= 2, "README has the config and the rules examples");
+    for (i, block) in blocks.iter().enumerate() {
+        let body = &block[..block.find("```").unwrap()];
+        // A fragment (the rules example) is checked inside an app of its own.
+        let toml = if body.contains("[[apps]]\n") {
+            body.to_owned()
+        } else {
+            format!("[[apps]]\nid = '1001'\nkey = 'readme-key'\nsecret = 'readme-secret'\n{body}")
+        };
+        let path = dir.path().join(format!("example-{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let (ok, out) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+        assert!(ok, "README TOML block {i}: {out}");
+        assert!(out.contains("1001"), "{out}");
+    }
 }
 
 #[tokio::test]
