@@ -166,7 +166,10 @@ fn the_readme_config_example_is_valid() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let blocks: Vec<&str> = readme.split("```toml\n").skip(1).collect();
-    assert!(blocks.len() >= 2, "README has the config and the rules examples");
+    assert!(
+        blocks.len() >= 2,
+        "README has the config and the rules examples"
+    );
     for (i, block) in blocks.iter().enumerate() {
         let body = &block[..block.find("```").unwrap()];
         // A fragment (the rules example) is checked inside an app of its own.

@@ -439,3 +439,127 @@ async fn booking_events_reach_subscribed_webhooks_signed_and_retried() {
         .unwrap();
     assert_eq!(got[0].headers["webhook-id"], again.headers["webhook-id"]);
 }
+
+#[tokio::test]
+async fn every_delivery_statement_works_on_postgres() {
+    let url = crate::queue::postgres_schema_url().await;
+    let rules = r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[[apps.rules]]
+name = 'reminder'
+channel = 'bookings'
+event = 'booking.confirmed | booking.rescheduled'
+type = 'REMINDER'
+recipients = [{ users_field = 'attendee_id' }]
+idempotency_key = '{{ booking_id }}'
+schedule = { at = 'start_at', minutes_before = [60] }
+
+[[apps.rules.deliver]]
+channel = 'in_app'
+title = 'Soon: {{ booking_id }}'
+
+[[apps.rules]]
+name = 'cancel'
+channel = 'bookings'
+event = 'booking.cancelled'
+type = 'CANCELLED'
+recipients = [{ users_field = 'attendee_id' }]
+idempotency_key = '{{ booking_id }}'
+cancels = ['reminder']
+
+[[apps.rules.deliver]]
+channel = 'in_app'
+title = 'Cancelled {{ booking_id }}'
+"#;
+    let server = Setup::default()
+        .toml(rules)
+        .env("BELLHOP_DATABASE_URL", &url)
+        .start();
+    let api = Api::new(&server);
+    // The directory: profiles, a device that moves to another user, deletions.
+    let r = put(
+        &api,
+        "/users/pg-1",
+        json!({"email": "a@x.io", "time_zone": "Asia/Riyadh",
+        "quiet_hours": {"start": "23:00", "end": "06:00"}, "preferences": {"X": {"email": false}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    put(&api, "/users/pg-2", json!({})).await;
+    for user in ["pg-1", "pg-2"] {
+        let r = api
+            .post(
+                &format!("users/{user}/devices"),
+                &json!({"token": "t-1", "platform": "ios"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let one = api.get("/users/pg-1", &[]).await;
+    assert_eq!(one.body["devices"], json!([]), "the token moved to pg-2");
+    assert_eq!(one.body["quiet_hours"]["start"], "23:00");
+    let two = api.get("/users/pg-2", &[]).await;
+    assert_eq!(two.body["devices"][0]["token"], "t-1");
+    let list = api.get("/users", &[]).await;
+    assert_eq!(list.body["users"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        api.send("DELETE", "/devices/t-1", None, &[]).await.status,
+        200
+    );
+    assert_eq!(
+        api.send("DELETE", "/users/pg-2", None, &[]).await.status,
+        200
+    );
+    assert_eq!(api.get("/users/pg-2", &[]).await.status, 404);
+
+    // Direct notifications with an Idempotency-Key, and the inbox.
+    let body =
+        json!({"users": ["pg-1"], "type": "T", "channels": [{"channel": "in_app", "title": "Hi"}]});
+    let key = [("Idempotency-Key", "pg-key-1")];
+    let first = api.send("POST", "/notifications", Some(&body), &key).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    let again = api.send("POST", "/notifications", Some(&body), &key).await;
+    assert_eq!(again.body, first.body);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let item = loop {
+        let inbox = api.get("/users/pg-1/inbox", &[("unread", "true")]).await;
+        if let Some(id) = inbox.body["items"][0]["id"].as_i64() {
+            break id;
+        }
+        assert!(tokio::time::Instant::now() < end, "{:?}", inbox.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let read = api
+        .post("users/pg-1/inbox/read", &json!({"id": item}))
+        .await;
+    assert_eq!(read.body, json!({"changed": 1, "unread_count": 0}));
+    let del = api
+        .send("DELETE", &format!("/users/pg-1/inbox/{item}"), None, &[])
+        .await;
+    assert_eq!(del.status, 200);
+
+    // Reminders: scheduled, superseded by a reschedule, then cancelled.
+    let start = |mins: i64| rfc3339(now_ms() + mins * 60_000);
+    for (event, at) in [("booking.confirmed", 600), ("booking.rescheduled", 900)] {
+        let b = json!({"booking_id": "PG-1", "attendee_id": "pg-1", "start_at": start(at)});
+        let r = api.trigger("bookings", event, &b.to_string()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let b = json!({"booking_id": "PG-1", "attendee_id": "pg-1"});
+    api.trigger("bookings", "booking.cancelled", &b.to_string())
+        .await;
+    let ds = settled(&api, "pg-1", 4, 10).await;
+    let reasons: Vec<&str> = ds
+        .iter()
+        .filter(|d| d["state"] == "cancelled")
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "one superseded and one cancelled: {ds:?}");
+    assert!(reasons.contains(&"superseded by a later event"));
+    assert!(reasons.contains(&"cancelled by booking.cancelled (cancel)"));
+    assert_eq!(count(&ds, "sent"), 2, "{ds:?}");
+}
