@@ -34,8 +34,8 @@ pub struct EmailConfig {
     pub security: Security,
     #[serde(default)]
     pub username: Option<String>,
-    /// Never serialized: the admin API and logs do not see it.
-    #[serde(default, skip_serializing)]
+    /// Kept in the store with the app; Debug and the admin API's answers leave it out.
+    #[serde(default)]
     pub password: Option<String>,
     /// `Name <address>` the mail comes from.
     pub from: String,

@@ -29,8 +29,9 @@ pub struct Subscription {
     /// Event names, `*` matching any run of characters (`booking.*`); empty = all.
     #[serde(default)]
     pub events: Vec<String>,
-    /// `whsec_` + base64, as Standard Webhooks libraries expect. Never serialized.
-    #[serde(default, skip_serializing)]
+    /// `whsec_` + base64, as Standard Webhooks libraries expect. Kept in the store with the
+    /// app; Debug and the admin API's answers leave it out.
+    #[serde(default)]
     pub secret: String,
 }
 

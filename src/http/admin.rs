@@ -147,9 +147,20 @@ fn new_secret() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// An app as the admin API shows it: the app secret is never serialized (see AppConfig), and
+/// provider credentials kept with the settings are masked.
 fn app_json(app: &AppConfig) -> serde_json::Value {
-    // `secret` is never serialized (see AppConfig).
-    serde_json::to_value(app).unwrap_or_default()
+    let mut v = serde_json::to_value(app).unwrap_or_default();
+    const MASK: &str = "********";
+    if let Some(p) = v.pointer_mut("/email/password").filter(|p| !p.is_null()) {
+        *p = MASK.into();
+    }
+    if let Some(hooks) = v.pointer_mut("/event_webhooks").and_then(|h| h.as_array_mut()) {
+        for h in hooks {
+            h["secret"] = MASK.into();
+        }
+    }
+    v
 }
 
 /// Validates, stores and serves `stored`; the directory change is what makes it live.

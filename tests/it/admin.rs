@@ -176,3 +176,54 @@ async fn apps_are_created_changed_rotated_and_disabled() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn apps_made_through_the_admin_api_keep_rules_and_provider_secrets_hidden() {
+    use crate::mock_http::{Mock, Response};
+    let hook = Mock::start(|_| Response::json(200, json!({}))).await;
+    let data = tempfile::tempdir().unwrap();
+    let setup = Setup::new()
+        .env("BELLHOP_ADMIN_TOKEN", TOKEN)
+        .data_dir(data.path());
+    let server = setup.clone().start();
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let app = json!({
+        "id": "400", "key": "venue-key",
+        "email": {"host": "127.0.0.1", "port": 2525, "from": "Venue <v@x.io>",
+                  "username": "u", "password": "smtp-password"},
+        "event_webhooks": [{"url": hook.url("/hook"), "events": ["booking.*"], "secret": whsec}],
+        "rules": [{"name": "welcome", "channel": "bookings", "event": "booking.created",
+                   "type": "WELCOME", "recipients": [{"users_field": "guest"}],
+                   "deliver": [{"channel": "in_app", "title": "Welcome"}]}]
+    });
+    let (status, body) = admin(&server, "POST", "/admin/apps", Some(app)).await;
+    assert_eq!(status, 201, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains("smtp-password") && !text.contains(whsec), "{body}");
+    assert_eq!(body["app"]["email"]["password"], "********");
+    assert_eq!(body["app"]["rules"][0]["name"], "welcome");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+
+    // After a restart the stored app still signs its webhooks and runs its rules.
+    drop(server);
+    let server = setup.start();
+    let api = Api::for_app(&server, "400", "venue-key", &secret);
+    let r = api
+        .trigger("bookings", "booking.created", &json!({"guest": "g1"}).to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let got = hook.wait_for("/hook", 1, 10).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].headers["webhook-signature"].starts_with("v1,"));
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let inbox = api.get("/users/g1/inbox", &[]).await;
+        if inbox.body["items"][0]["title"] == "Welcome" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{:?}", inbox.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, shown) = admin(&server, "GET", "/admin/apps", None).await;
+    assert!(!shown.to_string().contains("smtp-password"), "{shown}");
+}
