@@ -71,6 +71,25 @@ pub async fn list_jobs(
     Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "counts": counts})))
 }
 
+/// `GET /admin/apps/{id}/users/{user}/notifications`: the delivery audit of one recipient.
+pub async fn user_notifications(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<ServerState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (app, user) = path.into_inner();
+    if state.apps.by_id(&app).is_none() {
+        return Err(ApiError::NotFound(format!("no app {app}")));
+    }
+    let notes = state
+        .store
+        .notifications_of(&app, &user, 100)
+        .await
+        .map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "notifications": notes })))
+}
+
 pub async fn show_job(
     req: HttpRequest,
     id: web::Path<i64>,
@@ -155,7 +174,10 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
     if let Some(p) = v.pointer_mut("/email/password").filter(|p| !p.is_null()) {
         *p = MASK.into();
     }
-    if let Some(hooks) = v.pointer_mut("/event_webhooks").and_then(|h| h.as_array_mut()) {
+    if let Some(hooks) = v
+        .pointer_mut("/event_webhooks")
+        .and_then(|h| h.as_array_mut())
+    {
         for h in hooks {
             h["secret"] = MASK.into();
         }

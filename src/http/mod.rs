@@ -109,6 +109,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/apps/{id}/finish-rotation",
             web::post().to(admin::finish_rotation),
         )
+        .route(
+            "/admin/apps/{id}/users/{user}/notifications",
+            web::get().to(admin::user_notifications),
+        )
         .route("/admin/jobs", web::get().to(admin::list_jobs))
         .route("/admin/jobs/{id}", web::get().to(admin::show_job))
         .route("/admin/jobs/{id}", web::delete().to(admin::drop_job))

@@ -199,7 +199,10 @@ async fn apps_made_through_the_admin_api_keep_rules_and_provider_secrets_hidden(
     let (status, body) = admin(&server, "POST", "/admin/apps", Some(app)).await;
     assert_eq!(status, 201, "{body}");
     let text = body.to_string();
-    assert!(!text.contains("smtp-password") && !text.contains(whsec), "{body}");
+    assert!(
+        !text.contains("smtp-password") && !text.contains(whsec),
+        "{body}"
+    );
     assert_eq!(body["app"]["email"]["password"], "********");
     assert_eq!(body["app"]["rules"][0]["name"], "welcome");
     let secret = body["secret"].as_str().unwrap().to_owned();
@@ -209,7 +212,11 @@ async fn apps_made_through_the_admin_api_keep_rules_and_provider_secrets_hidden(
     let server = setup.start();
     let api = Api::for_app(&server, "400", "venue-key", &secret);
     let r = api
-        .trigger("bookings", "booking.created", &json!({"guest": "g1"}).to_string())
+        .trigger(
+            "bookings",
+            "booking.created",
+            &json!({"guest": "g1"}).to_string(),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let got = hook.wait_for("/hook", 1, 10).await;
@@ -226,4 +233,15 @@ async fn apps_made_through_the_admin_api_keep_rules_and_provider_secrets_hidden(
     }
     let (_, shown) = admin(&server, "GET", "/admin/apps", None).await;
     assert!(!shown.to_string().contains("smtp-password"), "{shown}");
+    // The operator sees the same delivery audit.
+    let (status, audit) = admin(
+        &server,
+        "GET",
+        "/admin/apps/400/users/g1/notifications",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["notifications"][0]["rule"], "welcome");
+    assert_eq!(audit["notifications"][0]["deliveries"][0]["state"], "sent");
 }

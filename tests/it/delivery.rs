@@ -751,3 +751,87 @@ async fn a_browser_reads_its_own_inbox_with_a_token_the_backend_signed() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn presence_members_are_told_and_email_stands_in_when_push_is_impossible() {
+    let smtp = Smtp::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let fcm = fake_fcm(HashMap::from([("tok-m2", vec![ok(9)])])).await;
+    let sa = service_account(dir.path(), &fcm);
+    let toml = format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[apps.fcm]
+service_account_file = '{}'
+base_url = '{}'
+{}
+[[apps.rules]]
+name = 'attendance'
+channel = 'attendance-{{hotel}}-managers'
+event = 'unrostered-clockin-request'
+type = 'UNROSTERED'
+recipients = [{{ presence = 'presence-{{{{ hotel }}}}-managers' }}]
+
+[[apps.rules.deliver]]
+channel = 'fcm'
+title = '{{{{ staff_name }}}} wants to clock in'
+
+[[apps.rules.deliver]]
+channel = 'email'
+when = 'no_device'
+subject = '{{{{ staff_name }}}} wants to clock in'
+body = 'Approve or reject in the app.'
+"#,
+        sa.display(),
+        fcm.url(""),
+        smtp.toml(10)
+    );
+    let server = Setup::default().toml(&toml).start();
+    let api = Api::new(&server);
+    // Two managers are in the managers' presence channel; m2 has a phone, m1 only an email.
+    put(&api, "/users/m1", json!({"email": "m1@grand.example"})).await;
+    put(&api, "/users/m2", json!({"email": "m2@grand.example"})).await;
+    api.post(
+        "users/m2/devices",
+        &json!({"token": "tok-m2", "platform": "ios"}),
+    )
+    .await;
+    let mut managers = Vec::new();
+    for m in ["m1", "m2"] {
+        let mut c = Client::connect(&server).await;
+        c.subscribe_presence("presence-grand-managers", m, json!({}))
+            .await;
+        managers.push(c);
+    }
+    let req = json!({"staff_id": "456", "staff_name": "John Doe"});
+    let r = api
+        .trigger(
+            "attendance-grand-managers",
+            "unrostered-clockin-request",
+            &req.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let m1 = settled(&api, "m1", 2, 15).await;
+    assert_eq!(state_of(&m1, "fcm"), ("skipped".into(), "no device".into()));
+    assert_eq!(state_of(&m1, "email").0, "sent");
+    let m2 = settled(&api, "m2", 2, 15).await;
+    assert_eq!(state_of(&m2, "fcm").0, "sent");
+    assert_eq!(
+        state_of(&m2, "email"),
+        (
+            "skipped".into(),
+            "the recipient has a device for push".into()
+        )
+    );
+    let mail = smtp.messages();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].1["rcpt_tos"], json!(["m1@grand.example"]));
+    assert!(mail[0].0.contains("Subject: John Doe wants to clock in"));
+    let pushes = fcm.wait_for("/v1/", 1, 5).await;
+    assert_eq!(pushes.len(), 1);
+}
