@@ -476,10 +476,16 @@ pub struct Smtp {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    implicit: bool,
 }
 
 impl Smtp {
     pub fn start(mode: &str) -> Smtp {
+        Self::start_with(mode, false)
+    }
+
+    /// `implicit`: TLS from the first byte (SMTPS) instead of STARTTLS.
+    pub fn start_with(mode: &str, implicit: bool) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
@@ -498,6 +504,7 @@ impl Smtp {
             .arg(dir.path().join("key.pem"))
             .arg(dir.path().join("out"))
             .arg(mode)
+            .args(implicit.then_some("implicit"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd)");
@@ -506,13 +513,19 @@ impl Smtp {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready", "the SMTP server did not start");
-        Smtp { child, port, dir }
+        Smtp {
+            child,
+            port,
+            dir,
+            implicit,
+        }
     }
 
     pub fn toml(&self, timeout_secs: u64) -> String {
         format!(
-            "[apps.email]\nhost = '127.0.0.1'\nport = {}\nsecurity = 'starttls'\nusername = 'bellhop'\npassword = 'secret'\nfrom = 'Grand Hotel <noreply@grand.example>'\ntimeout_secs = {timeout_secs}\nca_file = '{}'\n",
+            "[apps.email]\nhost = '127.0.0.1'\nport = {}\nsecurity = '{}'\nusername = 'bellhop'\npassword = 'secret'\nfrom = 'Grand Hotel <noreply@grand.example>'\ntimeout_secs = {timeout_secs}\nca_file = '{}'\n",
             self.port,
+            if self.implicit { "tls" } else { "starttls" },
             self.dir.path().join("cert.pem").display()
         )
     }
@@ -563,6 +576,29 @@ attach_ics = {{ summary = 'Gala dinner', start = 'start_at', end = 'end_at', loc
 "#,
         smtp.toml(timeout_secs)
     )
+}
+
+#[tokio::test]
+async fn email_also_goes_over_implicit_tls() {
+    let smtp = Smtp::start_with("ok", true);
+    let server = Setup::default().toml(&booking_toml(&smtp, 10)).start();
+    let api = Api::new(&server);
+    let booking = json!({"booking_id": "B-8", "attendee_email": "bo@example.com",
+        "customerName": "Bo", "eventDate": "2026-12-25",
+        "start_at": "2026-12-25T10:00:00Z", "end_at": "2026-12-25T11:00:00Z"});
+    let r = api
+        .trigger("bookings", "booking.confirmed", &booking.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    while smtp.messages().is_empty() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].1["auth"], true);
+    assert_eq!(msgs[0].1["tls"], true);
+    assert!(msgs[0].0.contains("Subject: Your booking B-8 is confirmed"));
 }
 
 #[tokio::test]

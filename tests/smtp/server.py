@@ -2,9 +2,10 @@
 
 STARTTLS is required before AUTH (LOGIN/PLAIN, user `bellhop`, password `secret`); each
 accepted message is written to OUTDIR as N.eml with N.json (envelope). MODE picks how DATA is
-answered: ok, fail-first (451 once, then 250), reject (550), stall (never answers).
+answered: ok, fail-first (451 once, then 250), reject (550), stall (never answers). With a
+sixth argument `implicit`, the server speaks TLS from the first byte (SMTPS) instead.
 
-usage: server.py PORT CERT KEY OUTDIR MODE
+usage: server.py PORT CERT KEY OUTDIR MODE [implicit]
 """
 import asyncio
 import json
@@ -38,7 +39,8 @@ class Handler:
             f.write(envelope.original_content or envelope.content)
         with open(os.path.join(self.outdir, f"{n}.json"), "w") as f:
             json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
-                       "auth": session.authenticated, "tls": session.ssl is not None}, f)
+                       "auth": session.authenticated,
+                       "tls": session.ssl is not None or server.transport.get_extra_info("sslcontext") is not None}, f)
         return "250 2.0.0 OK queued"
 
 
@@ -50,11 +52,17 @@ def authenticate(server, session, envelope, mechanism, auth_data):
 
 def main():
     port, cert, key, outdir, mode = sys.argv[1:6]
+    implicit = len(sys.argv) > 6 and sys.argv[6] == "implicit"
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
-    controller = Controller(Handler(outdir, mode), hostname="127.0.0.1", port=int(port),
-                            tls_context=ctx, require_starttls=True, authenticator=authenticate,
-                            auth_require_tls=True)
+    if implicit:
+        controller = Controller(Handler(outdir, mode), hostname="127.0.0.1", port=int(port),
+                                ssl_context=ctx, authenticator=authenticate,
+                                auth_require_tls=False)
+    else:
+        controller = Controller(Handler(outdir, mode), hostname="127.0.0.1", port=int(port),
+                                tls_context=ctx, require_starttls=True,
+                                authenticator=authenticate, auth_require_tls=True)
     controller.start()
     print("ready", flush=True)
     try:

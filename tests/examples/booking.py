@@ -1,0 +1,807 @@
+#!/usr/bin/env python3
+"""The booking platform on bellhop, end to end, the way its FastAPI backend would use it.
+
+A real SMTP server (tests/smtp/server.py: aiosmtpd, STARTTLS required, AUTH bellhop/secret)
+runs with a self-signed certificate for 127.0.0.1 made here; a webhook receiver in this
+process checks every event webhook with the official Standard Webhooks library. bellhop runs
+with examples/booking/bellhop.toml rendered to point at both. The booking's team member is
+registered through bellhop's directory API (signed like the Pusher HTTP API); the booking
+events are triggered with the official `pusher` Python server SDK on `private-bookings`, as
+the backend's event bus would. Then the emails (subjects, bodies, the invite and QR code), the
+reminders' timing (24 h before, moved by a reschedule, dropped by a cancellation), the
+delivery records and the webhooks are checked.
+
+    python3 -m pip install aiosmtpd standardwebhooks pusher cryptography
+    BELLHOP_BIN=/path/to/bellhop python3 tests/examples/booking.py
+
+Prints one line per check and, last, `N passed, M failed`; exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+import email.policy
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import queue
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+try:
+    import pusher
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+    import aiosmtpd  # noqa: F401  (tests/smtp/server.py runs on it)
+except ImportError as e:  # pragma: no cover
+    sys.exit(f"missing a package ({e}): "
+             "python3 -m pip install aiosmtpd standardwebhooks pusher cryptography")
+
+ROOT = Path(__file__).resolve().parents[2]
+SMTP_SERVER = ROOT / "tests" / "smtp" / "server.py"
+CONFIG_TEMPLATE = ROOT / "examples" / "booking" / "bellhop.toml"
+DEFAULT_BIN = "/var/tmp/bellhop-ci-target/debug/bellhop"
+
+# Must match examples/booking/bellhop.toml.
+APP_ID = "2001"
+KEY = "booking-key"
+SECRET = "booking-secret-change-me"
+CHANNEL = "private-bookings"
+FROM = "bookings@acme-bookings.example"
+HOSTS = ["host@acme-bookings.example", "team@acme-bookings.example"]
+UID_DOMAIN = "acme-bookings.example"
+
+# tests/smtp/server.py's credentials.
+SMTP_USER, SMTP_PASSWORD = "bellhop", "secret"
+
+WAIT = 15.0  # the bound of every wait, seconds
+DAY_MS = 1440 * 60_000
+HOUR_MS = 60 * 60_000
+
+# The booking's team member, a directory user (an account on the platform).
+TEAM_MEMBER = {"id": 7, "display_name": "Maeve Walsh", "email": "maeve@acme-bookings.example"}
+
+
+class Fatal(Exception):
+    """A failure that makes the remaining checks meaningless."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            log(f"ok    {name}")
+        else:
+            self.failed.append(name)
+            log(f"FAIL  {name}")
+            if detail:
+                for line in detail.splitlines():
+                    log(f"        {line}")
+        return ok
+
+    def equal(self, name: str, got, want) -> bool:
+        return self.check(
+            name,
+            got == want,
+            f"expected: {json.dumps(want, ensure_ascii=False, sort_keys=True, default=str)}\n"
+            f"got:      {json.dumps(got, ensure_ascii=False, sort_keys=True, default=str)}",
+        )
+
+
+def wait_until(fn, timeout: float = WAIT, every: float = 0.1):
+    """Calls fn until it returns something truthy or timeout passes; returns the last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def iso(t: dt.datetime) -> str:
+    """RFC 3339 as the backend (pydantic) writes it: milliseconds, `Z` for UTC."""
+    s = t.isoformat(timespec="milliseconds")
+    return s[:-6] + "Z" if s.endswith("+00:00") else s
+
+
+def ics_stamp(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ----------------------------------------------------------------------------------------
+# The SMTP server (tests/smtp/server.py) and its mailbox
+# ----------------------------------------------------------------------------------------
+
+
+def self_signed(cert_path: Path, key_path: Path) -> None:
+    """A certificate for 127.0.0.1 (IP SubjectAlternativeName), its own root for bellhop."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+
+class Mail:
+    """One accepted message, as a mail client decodes it."""
+
+    def __init__(self, n: int, raw: bytes, meta: dict, arrived: float) -> None:
+        self.n, self.raw, self.meta, self.arrived = n, raw, meta, arrived
+        self.msg = email.message_from_bytes(raw, policy=email.policy.default)
+        self.rcpt = meta.get("rcpt_tos", [])
+        self.subject = str(self.msg.get("subject", ""))
+        self.sender = str(self.msg.get("from", ""))
+        self.text, self.html = "", None
+        self.parts: list[dict] = []
+        for part in self.msg.walk():
+            if part.is_multipart():
+                continue
+            body = part.get_payload(decode=True) or b""
+            ctype = part.get_content_type()
+            filename = part.get_filename()
+            text = body.decode(part.get_content_charset() or "utf-8", "replace") \
+                if part.get_content_maintype() == "text" else None
+            self.parts.append({"type": ctype, "filename": filename, "bytes": body, "text": text})
+            # Bodies compared as text: the CRLF line ends of the wire are not the point.
+            if filename is None and ctype == "text/plain" and not self.text:
+                self.text = text.replace("\r\n", "\n")
+            if filename is None and ctype == "text/html" and self.html is None:
+                self.html = text.replace("\r\n", "\n")
+
+    def part(self, ctype: str) -> dict | None:
+        return next((p for p in self.parts if p["type"] == ctype), None)
+
+    def __repr__(self) -> str:
+        return f"<mail {self.n} to {self.rcpt} {self.subject!r} at {self.arrived:.3f}>"
+
+
+class SmtpServer:
+    def __init__(self, tmp: Path) -> None:
+        self.cert, self.key = tmp / "smtp-cert.pem", tmp / "smtp-key.pem"
+        self.out = tmp / "mailbox"
+        self.out.mkdir()
+        self_signed(self.cert, self.key)
+        self.port = free_port()
+        self.log_path = tmp / "smtp.log"
+        self.stderr = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SMTP_SERVER), str(self.port), str(self.cert), str(self.key),
+             str(self.out), "ok"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr,
+            start_new_session=True,
+        )
+        lines: queue.Queue = queue.Queue()
+
+        def read():
+            for raw in self.proc.stdout:
+                lines.put(raw.decode(errors="replace").strip())
+            lines.put(None)
+
+        threading.Thread(target=read, name="smtp-stdout", daemon=True).start()
+        try:
+            first = lines.get(timeout=WAIT)
+        except queue.Empty:
+            first = None
+        if first != "ready":
+            self.stop()
+            raise Fatal(f"tests/smtp/server.py did not print 'ready' within {WAIT:.0f}s "
+                        f"(got {first!r}); its log:\n{self.log_path.read_text(errors='replace')}")
+        self.cache: dict[int, Mail] = {}
+
+    def messages(self) -> list[Mail]:
+        """Every message accepted so far, in order (N.eml is written before N.json)."""
+        n = 1
+        out = []
+        while True:
+            if n not in self.cache:
+                eml, meta = self.out / f"{n}.eml", self.out / f"{n}.json"
+                try:
+                    m = json.loads(meta.read_text())
+                    raw = eml.read_bytes()
+                    arrived = eml.stat().st_mtime
+                except (OSError, ValueError):  # not there yet, or being written
+                    break
+                self.cache[n] = Mail(n, raw, m, arrived)
+            out.append(self.cache[n])
+            n += 1
+        return out
+
+    def to(self, addr: str, subject_prefix: str = "") -> list[Mail]:
+        return [m for m in self.messages() if addr in m.rcpt and m.subject.startswith(subject_prefix)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
+
+
+# ----------------------------------------------------------------------------------------
+# The webhook receiver (the CRM / automation side of the event bus)
+# ----------------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """Records every POST and verifies it with the official `standardwebhooks` library; a
+    request that does not verify is answered 401, as a real receiver would."""
+
+    def __init__(self, secret: str) -> None:
+        self.webhook = Webhook(secret)
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        rx = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    parsed = rx.webhook.verify(body, headers)
+                    verified, error = True, None
+                except WebhookVerificationError as e:
+                    parsed, verified, error = None, False, str(e)
+                except Exception as e:  # a bug here must not look like a bellhop bug
+                    parsed, verified, error = None, False, f"receiver: {e!r}"
+                with rx.lock:
+                    rx.requests.append({"path": self.path, "headers": headers, "body": body,
+                                        "verified": verified, "error": error, "json": parsed})
+                status = 204 if verified else 401
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/bookings"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhooks", daemon=True)
+        self.thread.start()
+
+    def received(self) -> list[dict]:
+        with self.lock:
+            return list(self.requests)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ----------------------------------------------------------------------------------------
+# bellhop
+# ----------------------------------------------------------------------------------------
+
+
+class Bellhop:
+    def __init__(self, binary: str, config: Path, data_dir: Path, log_path: Path) -> None:
+        env = dict(os.environ)
+        env.update({
+            "BELLHOP_CONFIG": str(config),
+            "BELLHOP_PORT": "0",
+            "BELLHOP_METRICS_PORT": "0",
+            "BELLHOP_DATA_DIR": str(data_dir),
+            "BELLHOP_LOG": "warn",
+        })
+        self.log_path = log_path
+        self.stderr = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self.stderr, start_new_session=True,
+        )
+        lines: queue.Queue = queue.Queue()
+
+        def read():
+            for raw in self.proc.stdout:
+                lines.put(raw.decode(errors="replace").rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, name="bellhop-stdout", daemon=True).start()
+        end = time.monotonic() + WAIT
+        self.base = None
+        while time.monotonic() < end:
+            try:
+                line = lines.get(timeout=max(0.05, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if line.startswith("listening http://"):
+                self.base = line.split(" ", 1)[1].strip()
+                break
+        if self.base is None:
+            self.stop()
+            raise Fatal(f"bellhop did not print 'listening http://…' within {WAIT:.0f}s "
+                        f"(exit code {self.proc.returncode}); its log:\n{self.log_tail()}")
+        self.port = int(self.base.rsplit(":", 1)[1])
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            if not self.stderr.closed:
+                self.stderr.flush()
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stderr.close()
+
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def api(base: str, method: str, path: str, body=None, params: dict | None = None):
+    """A request to bellhop's HTTP API, signed as the Pusher HTTP API is: auth_key,
+    auth_timestamp, auth_version=1.0, body_md5 for a non-empty body, and auth_signature =
+    HMAC-SHA256 hex of "METHOD\\nPATH\\nsorted query" under the app secret."""
+    raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+    q = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
+    q.update(params or {})
+    if raw:
+        q["body_md5"] = hashlib.md5(raw).hexdigest()
+    to_sign = f"{method}\n{path}\n" + "&".join(f"{k}={q[k]}" for k in sorted(q))
+    q["auth_signature"] = hmac.new(SECRET.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    req = urllib.request.Request(
+        f"{base}{path}?{urllib.parse.urlencode(q)}", data=raw if raw else None, method=method,
+        headers={"content-type": "application/json"} if raw else {},
+    )
+    try:
+        with _no_proxy.open(req, timeout=WAIT) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    try:
+        return status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return status, text
+
+
+def reminders_of(base: str, user: str, booking_id: str) -> list[dict]:
+    """The user's reminder deliveries for one booking (their idempotency keys start with the
+    rule and the booking's key), oldest first."""
+    status, body = api(base, "GET", f"/apps/{APP_ID}/users/{user}/notifications")
+    if status != 200:
+        raise Fatal(f"GET notifications of {user}: {status} {body}")
+    prefix = f"booking-reminder:{booking_id}|"
+    out = [d for n in body["notifications"] if n.get("rule") == "booking-reminder"
+           for d in n["deliveries"] if d["idempotency_key"].startswith(prefix)]
+    return sorted(out, key=lambda d: d["id"])
+
+
+def render_config(template: str, values: dict[str, str]) -> str:
+    """Fills the `${NAME}` placeholders of the example config; each must be there."""
+    for name, value in values.items():
+        placeholder = "${" + name + "}"
+        if placeholder not in template:
+            raise Fatal(f"{CONFIG_TEMPLATE} has no {placeholder} placeholder")
+        if "'" in value or "\n" in value:  # the placeholders sit in TOML literal strings
+            raise Fatal(f"{name} cannot go in a TOML literal string: {value!r}")
+        template = template.replace(placeholder, value)
+    if "${" in template:
+        raise Fatal(f"{CONFIG_TEMPLATE} has a placeholder the test does not fill")
+    return template
+
+
+# ----------------------------------------------------------------------------------------
+# The scenario
+# ----------------------------------------------------------------------------------------
+
+
+def run(c: Checks, tmp: Path, binary: str) -> None:
+    for var in ("NO_PROXY", "no_proxy"):  # the pusher SDK (requests) and bellhop (reqwest)
+        os.environ[var] = ",".join(filter(None, [os.environ.get(var), "127.0.0.1", "localhost"]))
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    smtp = hooks = server = None
+    try:
+        smtp = SmtpServer(tmp)
+        hooks = WebhookReceiver(secret)
+        config = tmp / "bellhop.toml"
+        config.write_text(render_config(CONFIG_TEMPLATE.read_text(), {
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
+            "SMTP_USERNAME": SMTP_USER, "SMTP_PASSWORD": SMTP_PASSWORD,
+            "SMTP_CA_FILE": str(smtp.cert),
+            "EVENT_WEBHOOK_URL": hooks.url, "EVENT_WEBHOOK_SECRET": secret,
+        }))
+        (tmp / "data").mkdir()
+        server = Bellhop(binary, config, tmp / "data", tmp / "bellhop.log")
+        log(f"bellhop at {server.base}, SMTP (STARTTLS) at 127.0.0.1:{smtp.port}, "
+            f"webhooks at {hooks.url}")
+        try:
+            scenario(c, smtp, hooks, server)
+        finally:
+            if c.failed:
+                log("bellhop log (last lines):\n" + server.log_tail())
+    finally:
+        if server is not None:
+            server.stop()
+        if hooks is not None:
+            hooks.stop()
+        if smtp is not None:
+            smtp.stop()
+
+
+def booking(booking_id: str, name: str, addr: str, title: str, location: str,
+            start: dt.datetime, end: dt.datetime, status: str) -> dict:
+    """The backend's event-bus payload, plus the fields the messages use."""
+    return {"booking_id": booking_id, "event_type_id": 12, "team_member_id": TEAM_MEMBER["id"],
+            "start_at": iso(start), "end_at": iso(end), "attendee_email": addr,
+            "attendee_name": name, "status": status, "event_title": title, "location": location}
+
+
+def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellhop) -> None:
+    base = server.base
+    tm = str(TEAM_MEMBER["id"])
+
+    # --- the directory: the team member, who gets the reminders of their bookings too -----
+    status, body = api(base, "PUT", f"/apps/{APP_ID}/users/{tm}",
+                       {"display_name": TEAM_MEMBER["display_name"], "email": TEAM_MEMBER["email"],
+                        "time_zone": "Europe/Dublin"})
+    if status != 200:
+        raise Fatal(f"PUT user {tm}: {status} {body}")
+
+    backend = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1",
+                            port=server.port, ssl=False, timeout=int(WAIT))
+    sent_events: list[tuple[str, dict]] = []
+
+    def emit(event: str, payload: dict) -> None:
+        """What the backend's event bus does on each booking change."""
+        backend.trigger(CHANNEL, event, payload)
+        sent_events.append((event, payload))
+
+    utc = dt.timezone.utc
+    cet = dt.timezone(dt.timedelta(hours=2))
+    # A: a week ahead, in the venue's +02:00 offset; confirmed, then confirmed again (a
+    # duplicate from the backend's retry). B: 24 h + 4 s ahead, so its 24-hour reminder is due
+    # in 4 s. C: 24 h + 6 s ahead, rescheduled at once to 24 h + 10 s. D: 24 h + 8 s ahead,
+    # cancelled at once.
+    day7 = (dt.datetime.now(cet) + dt.timedelta(days=7)).date()
+    a_start = dt.datetime(day7.year, day7.month, day7.day, 15, 0, tzinfo=cet)
+    a = booking("B-1001", "Siobhán O'Neill", "siobhan@example.com", "Deep-tissue massage & sauna",
+                "Acme Spa, Level 2", a_start, a_start + dt.timedelta(minutes=90), "confirmed")
+    t0 = dt.datetime.now(utc)
+    day = dt.timedelta(minutes=1440)
+    b_start = t0 + day + dt.timedelta(seconds=4)
+    b = booking("B-1002", "Ben Okafor", "ben@example.com", "Yoga class", "Studio 3",
+                b_start, b_start + dt.timedelta(hours=1), "confirmed")
+    c1_start = t0 + day + dt.timedelta(seconds=6)
+    c2_start = t0 + day + dt.timedelta(seconds=10)
+    c_first = booking("B-1003", "Cara Lindqvist", "cara@example.com", "Haircut", "Salon",
+                      c1_start, c1_start + dt.timedelta(minutes=45), "confirmed")
+    c_moved = dict(booking("B-1003", "Cara Lindqvist", "cara@example.com", "Haircut", "Salon",
+                           c2_start, c2_start + dt.timedelta(minutes=45), "confirmed"),
+                   previous_start_at=c_first["start_at"])
+    d_start = t0 + day + dt.timedelta(seconds=8)
+    d = booking("B-1004", "Dan Mwangi", "dan@example.com", "Tennis lesson", "Court 2",
+                d_start, d_start + dt.timedelta(hours=1), "confirmed")
+    d_cancelled = dict(d, status="cancelled")
+
+    for p in (a, b, c_first, d):
+        emit("booking.created", dict(p, status="pending"))
+        emit("booking.confirmed", p)
+    emit("booking.rescheduled", c_moved)
+    emit("booking.cancelled", d_cancelled)
+    emit("booking.confirmed", a)  # the duplicate
+    elapsed = (dt.datetime.now(utc) - t0).total_seconds()
+    if elapsed > 3.0:
+        raise Fatal(f"triggering the 11 events took {elapsed:.1f}s; the reminders due 4 s "
+                    "after the start could not be checked")
+    log(f"11 booking events triggered in {elapsed:.2f}s")
+
+    # --- A: the confirmation, with the invite and the QR code ------------------------------
+    confirmed = "Booking confirmed: "
+    got = wait_until(lambda: smtp.to(a["attendee_email"], confirmed))
+    m = got[0] if got else None
+    c.check("confirmation: an email to the attendee's attendee_email arrives", m is not None,
+            f"mailbox: {smtp.messages()}")
+    if m is None:
+        raise Fatal("no confirmation email; the rest depends on email delivery")
+    c.equal("confirmation: sent over STARTTLS with AUTH, from the app's address, to the attendee only",
+            {"tls": m.meta.get("tls"), "auth": m.meta.get("auth"), "mail_from": m.meta.get("mail_from"),
+             "rcpt": m.rcpt},
+            {"tls": True, "auth": True, "mail_from": FROM, "rcpt": ["siobhan@example.com"]})
+    day7s = day7.isoformat()
+    c.equal("confirmation: the subject, variables filled (title, local date and time)",
+            m.subject, f"Booking confirmed: Deep-tissue massage & sauna on {day7s} at 15:00")
+    c.equal("confirmation: the text body, variables filled",
+            m.text.strip(),
+            f"Hi Siobhán O'Neill,\n\nyour booking B-1001 is confirmed: Deep-tissue massage & sauna on "
+            f"{day7s} at 15:00, Acme Spa, Level 2.\n\nShow the attached QR code when you arrive. "
+            "The calendar invite is attached too.")
+    c.check("confirmation: the HTML body has the variables, HTML-escaped",
+            m.html is not None and "Deep-tissue massage &amp; sauna" in m.html
+            and ("Siobhán O&#x27;Neill" in m.html or "Siobhán O&#39;Neill" in m.html)
+            and "B-1001" in m.html and "Acme Spa, Level 2" in m.html,
+            f"html: {m.html!r}")
+    ics = m.part("text/calendar")
+    ics_text = (ics or {}).get("text") or ""
+    a_utc_start = a_start.astimezone(utc)
+    c.check("confirmation: an invite.ics part", ics is not None and ics["filename"] == "invite.ics",
+            f"parts: {[(p['type'], p['filename']) for p in m.parts]}")
+    c.check("confirmation: the invite's DTSTART/DTEND are the booking's times in UTC "
+            f"({ics_stamp(a_utc_start)} from 15:00+02:00)",
+            f"DTSTART:{ics_stamp(a_start)}\r\n" in ics_text
+            and f"DTEND:{ics_stamp(a_start + dt.timedelta(minutes=90))}\r\n" in ics_text,
+            ics_text)
+    c.check("confirmation: the invite's UID is stable per booking, SUMMARY and LOCATION escaped",
+            "UID:booking-B-1001@acme-bookings.example\r\n" in ics_text
+            and "SUMMARY:Deep-tissue massage & sauna\r\n" in ics_text
+            and "LOCATION:Acme Spa\\, Level 2\r\n" in ics_text, ics_text)
+    qr = m.part("image/png")
+    png = (qr or {}).get("bytes") or b""
+    width, height = struct.unpack(">II", png[16:24]) if len(png) >= 24 else (0, 0)
+    c.check("confirmation: a qr.png part, a square PNG image",
+            qr is not None and qr["filename"] == "qr.png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+            and png[12:16] == b"IHDR" and width == height and width >= 21 * 8,
+            f"part: {qr and {k: v for k, v in qr.items() if k != 'bytes'}}, "
+            f"{len(png)} bytes, {width}x{height}, magic {png[:8].hex()}")
+
+    # --- host / team notification, to each static address ---------------------------------
+    def host_ids(addr: str) -> list[str]:
+        return sorted(x["booking_id"] for x in (a, b, c_first, d)
+                      for hm in smtp.to(addr, "New booking: ") if x["booking_id"] in hm.text)
+
+    wait_until(lambda: all(len(smtp.to(h, "New booking: ")) >= 4 for h in HOSTS))
+    for h in HOSTS:
+        mails = smtp.to(h, "New booking: ")
+        c.equal(f"host: {h} gets one 'New booking' email per booking created",
+                host_ids(h), ["B-1001", "B-1002", "B-1003", "B-1004"])
+        c.check(f"host: each to {h} alone", all(hm.rcpt == [h] for hm in mails),
+                f"{[hm.rcpt for hm in mails]}")
+    hm = next((x for x in smtp.to(HOSTS[0], "New booking: ") if "B-1001" in x.text), None)
+    c.equal("host: subject and body filled from the booking",
+            hm and (hm.subject, hm.text.strip()),
+            ("New booking: Siobhán O'Neill for Deep-tissue massage & sauna",
+             f"New booking B-1001: Siobhán O'Neill <siobhan@example.com> booked Deep-tissue massage & "
+             f"sauna on {day7s} at 15:00 (until 16:30), Acme Spa, Level 2."))
+
+    # --- C: the reschedule confirmation, with the updated invite -----------------------------
+    got = wait_until(lambda: smtp.to("cara@example.com", "Booking moved: "))
+    rm = got[0] if got else None
+    c.check("reschedule: an email to the attendee", rm is not None, f"mailbox: {smtp.messages()}")
+    if rm is not None:
+        c.equal("reschedule: subject and body name the old and the new time",
+                (rm.subject, rm.text.strip()),
+                (f"Booking moved: Haircut is now on {c_moved['start_at'][:10]} at {c_moved['start_at'][11:16]}",
+                 f"Hi Cara Lindqvist,\n\nyour booking B-1003 for Haircut has moved from "
+                 f"{c_first['start_at'][:10]} at {c_first['start_at'][11:16]} to "
+                 f"{c_moved['start_at'][:10]} at {c_moved['start_at'][11:16]}, Salon.\n\n"
+                 "The updated calendar invite is attached."))
+        rics = (rm.part("text/calendar") or {}).get("text") or ""
+        c.check("reschedule: the invite has the new DTSTART/DTEND and the booking's UID",
+                f"DTSTART:{ics_stamp(c2_start)}\r\n" in rics
+                and f"DTEND:{ics_stamp(c2_start + dt.timedelta(minutes=45))}\r\n" in rics
+                and "UID:booking-B-1003@acme-bookings.example\r\n" in rics, rics)
+
+    # --- D: the cancellation --------------------------------------------------------------
+    got = wait_until(lambda: smtp.to("dan@example.com", "Booking cancelled: "))
+    cm = got[0] if got else None
+    c.equal("cancellation: an email to the attendee, variables filled",
+            cm and (cm.subject, cm.text.strip()),
+            (f"Booking cancelled: Tennis lesson on {d['start_at'][:10]}",
+             f"Hi Dan Mwangi,\n\nyour booking B-1004 for Tennis lesson on {d['start_at'][:10]} at "
+             f"{d['start_at'][11:16]} has been cancelled. Any refund is on its way to your original "
+             "payment method."))
+
+    # --- B: the 24-hour reminder, due 4 s after the start ------------------------------------
+    reminder = "Reminder: "
+    b_due = (ms(b_start) - DAY_MS) / 1000
+
+    def arrival(mails: list[Mail], due: float) -> str:
+        return ", ".join(f"{x.arrived - due:+.2f}s" for x in mails) or "none"
+
+    got = wait_until(lambda: smtp.to("ben@example.com", reminder) and smtp.to(TEAM_MEMBER["email"], "Reminder: Yoga"),
+                     timeout=max(0.0, b_due - time.time()) + WAIT)
+    time.sleep(1.0)  # long enough for a second one to have gone out
+    ben = smtp.to("ben@example.com", reminder)
+    c.check("reminder (B): exactly one reminder email to the attendee",
+            len(ben) == 1, f"{len(ben)}: {ben}")
+    if ben:
+        c.equal("reminder (B): it is the 24-hour one, variables filled",
+                (ben[0].subject, ben[0].text.strip()),
+                (f"Reminder: Yoga class tomorrow at {b['start_at'][11:16]}",
+                 f"Hi Ben Okafor,\n\nYoga class (booking B-1002, Ben Okafor) starts tomorrow: "
+                 f"{b['start_at'][:10]} at {b['start_at'][11:16]}, Studio 3."))
+        c.check("reminder (B): sent on time: not before 24 h before the start, within 5 s after",
+                -0.5 <= ben[0].arrived - b_due <= 5.0, f"arrived {arrival(ben, b_due)} from due")
+    tmb = smtp.to(TEAM_MEMBER["email"], "Reminder: Yoga")
+    c.check("reminder (B): the team member (a directory user) gets one too, greeted by name",
+            len(tmb) == 1 and tmb[0].text.startswith("Hi Maeve Walsh,"), f"{tmb} {[x.text for x in tmb]}")
+    ds = reminders_of(base, tm, "B-1002")
+    c.equal("reminder (B): the record: 24 h sent, 1 h still scheduled at start - 60 min",
+            [(d_["state"], d_["run_at"]) for d_ in ds],
+            [("sent", ms(b_start) - DAY_MS), ("scheduled", ms(b_start) - HOUR_MS)])
+
+    # --- C: one reminder, at the new time; the old one never goes out -----------------------
+    c1_due = (ms(c1_start) - DAY_MS) / 1000
+    c2_due = (ms(c2_start) - DAY_MS) / 1000
+    wait_until(lambda: smtp.to("cara@example.com", reminder) and smtp.to(TEAM_MEMBER["email"], "Reminder: Haircut"),
+               timeout=max(0.0, c2_due - time.time()) + WAIT)
+    time.sleep(max(0.0, c2_due + 1.5 - time.time()))
+    cara = smtp.to("cara@example.com", reminder)
+    tmc = smtp.to(TEAM_MEMBER["email"], "Reminder: Haircut")
+    c.check("reschedule (C): exactly one reminder email to the attendee (the old one is never sent)",
+            len(cara) == 1, f"{len(cara)}: {cara}; from the old due time {arrival(cara, c1_due)}")
+    if cara:
+        c.check("reschedule (C): it arrives at the new time (24 h before the new start), not the old",
+                -0.5 <= cara[0].arrived - c2_due <= 5.0,
+                f"arrived {arrival(cara, c2_due)} from the new due time, {arrival(cara, c1_due)} "
+                "from the old one")
+        c.check("reschedule (C): it names the new start",
+                f"{c_moved['start_at'][:10]} at {c_moved['start_at'][11:16]}, Salon." in cara[0].text,
+                cara[0].text)
+    c.check("reschedule (C): the team member gets exactly one too, at the new time",
+            len(tmc) == 1 and -0.5 <= tmc[0].arrived - c2_due <= 5.0,
+            f"{tmc}; {arrival(tmc, c2_due)} from the new due time")
+    ds = reminders_of(base, tm, "B-1003")
+    c.equal("reschedule (C): the record: the old two superseded, the new 24 h sent, the new 1 h scheduled",
+            [(d_["state"], d_.get("reason") if d_["state"] == "cancelled" else None, d_["run_at"]) for d_ in ds],
+            [("cancelled", "superseded by a later event", ms(c1_start) - DAY_MS),
+             ("cancelled", "superseded by a later event", ms(c1_start) - HOUR_MS),
+             ("sent", None, ms(c2_start) - DAY_MS),
+             ("scheduled", None, ms(c2_start) - HOUR_MS)])
+
+    # --- D: cancelled, so no reminder, though it was due 8 s after the start ---------------
+    d_due = (ms(d_start) - DAY_MS) / 1000
+    time.sleep(max(0.0, d_due + 2.5 - time.time()))
+    c.equal("cancellation (D): no reminder to the attendee, 2.5 s past when it was due",
+            smtp.to("dan@example.com", reminder), [])
+    c.equal("cancellation (D): nor to the team member",
+            smtp.to(TEAM_MEMBER["email"], "Reminder: Tennis"), [])
+    ds = reminders_of(base, tm, "B-1004")
+    c.equal("cancellation (D): the record: both reminders cancelled by booking.cancelled",
+            [(d_["state"], d_.get("reason")) for d_ in ds],
+            [("cancelled", "cancelled by booking.cancelled (booking-cancellation)")] * 2)
+
+    # --- A: the duplicate booking.confirmed sent nothing twice -----------------------------
+    c.equal("duplicate: one confirmation email for the booking confirmed twice",
+            len(smtp.to("siobhan@example.com", confirmed)), 1)
+    ds = reminders_of(base, tm, "B-1001")
+    c.equal("duplicate: its reminders scheduled once (24 h and 1 h before its start)",
+            [(d_["state"], d_["run_at"]) for d_ in ds],
+            [("scheduled", ms(a_start) - DAY_MS), ("scheduled", ms(a_start) - HOUR_MS)])
+
+    # --- every email, accounted for ----------------------------------------------------------
+    want = {"Booking confirmed": 4, "New booking": 8, "Booking moved": 1, "Booking cancelled": 1,
+            "Reminder": 4}
+    everything = smtp.messages()
+    kinds: dict[str, int] = {}
+    for x in everything:
+        k = x.subject.split(":", 1)[0]
+        kinds[k] = kinds.get(k, 0) + 1
+    c.equal("email: 18 messages in all, by kind (no stray or repeated email)", kinds, want)
+    c.check("email: every message went over STARTTLS with AUTH",
+            all(x.meta.get("tls") and x.meta.get("auth") for x in everything),
+            f"{[(x.n, x.meta) for x in everything if not (x.meta.get('tls') and x.meta.get('auth'))]}")
+
+    # --- the event webhooks ------------------------------------------------------------------
+    unique = {(e, json.dumps(p, sort_keys=True)) for e, p in sent_events}
+    wait_until(lambda: len(hooks.received()) >= len(unique))
+    time.sleep(1.0)
+    got_hooks = hooks.received()
+    c.check("webhooks: every request verified by standardwebhooks (webhook-id, -timestamp, -signature)",
+            bool(got_hooks) and all(r["verified"] for r in got_hooks),
+            "\n".join(f"{r['headers'].get('webhook-id')}: {r['error']}" for r in got_hooks
+                      if not r["verified"]) or "no webhook arrived")
+    seen = sorted((r["json"]["data"]["booking_id"], r["json"]["type"]) for r in got_hooks if r["json"])
+    c.equal("webhooks: booking.created/confirmed/rescheduled/cancelled, once each per booking "
+            "(the duplicate confirmation is not sent again)",
+            seen,
+            sorted([("B-1001", "booking.created"), ("B-1001", "booking.confirmed"),
+                    ("B-1002", "booking.created"), ("B-1002", "booking.confirmed"),
+                    ("B-1003", "booking.created"), ("B-1003", "booking.confirmed"),
+                    ("B-1003", "booking.rescheduled"),
+                    ("B-1004", "booking.created"), ("B-1004", "booking.confirmed"),
+                    ("B-1004", "booking.cancelled")]))
+    by_event = {(e, p["booking_id"]): p for e, p in sent_events}
+    mismatched = [r["json"] for r in got_hooks if r["json"] and (
+        r["json"].get("channel") != CHANNEL
+        or r["json"].get("data") != by_event.get((r["json"]["type"], r["json"]["data"].get("booking_id"))))]
+    c.check("webhooks: each body is {type, timestamp, channel, data} with the payload as triggered",
+            bool(got_hooks) and not mismatched
+            and all(set(r["json"]) == {"type", "timestamp", "channel", "data"} for r in got_hooks if r["json"]),
+            f"mismatched: {mismatched}")
+    ids = [r["headers"].get("webhook-id") for r in got_hooks]
+    c.check("webhooks: a distinct webhook-id per event, all POSTed to the subscription's URL",
+            len(set(ids)) == len(ids) and all(r["path"] == "/hooks/bookings" for r in got_hooks),
+            f"ids: {ids}, paths: {[r['path'] for r in got_hooks]}")
+
+
+def main() -> int:
+    binary = os.environ.get("BELLHOP_BIN") or DEFAULT_BIN
+    c = Checks()
+    if not os.access(binary, os.X_OK):
+        c.check("the bellhop binary is there", False, f"{binary!r} is not executable (set BELLHOP_BIN)")
+        log(f"{c.passed} passed, {len(c.failed)} failed")
+        return 1
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with tempfile.TemporaryDirectory(prefix="bellhop-booking-") as tmp:
+        try:
+            run(c, Path(tmp), binary)
+        except Fatal as e:
+            c.check("the scenario ran to its end", False, str(e))
+        except KeyboardInterrupt as e:
+            c.check("the scenario ran to its end", False, f"interrupted ({e})")
+        except Exception as e:  # a crash is a failure with its reason, never a pass
+            import traceback
+            c.check("the scenario ran to its end", False, traceback.format_exc().rstrip() or repr(e))
+    log(f"{c.passed} passed, {len(c.failed)} failed")
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
