@@ -116,6 +116,19 @@ async fn load_stored_apps(store: &Store, apps: &AppDirectory) -> Result<(), Stor
     Ok(())
 }
 
+/// A repeated event is a duplicate for a day; after that its keys are free again.
+async fn expire_delivery_keys(store: Store) {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        match store.expire_keys(DAY_MS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "freed day-old idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "freeing idempotency keys failed"),
+        }
+    }
+}
+
 /// Other nodes may change apps through their admin API; pick the changes up.
 async fn follow_stored_apps(store: Store, apps: Arc<AppDirectory>) {
     loop {
@@ -207,6 +220,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     load_stored_apps(&store, &apps).await?;
 
     actix_web::rt::spawn(follow_stored_apps(store.clone(), apps.clone()));
+    actix_web::rt::spawn(expire_delivery_keys(store.clone()));
     let cfg = &config.server;
     let batcher = WebhookBatcher::new(
         apps.clone(),

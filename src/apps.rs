@@ -44,6 +44,7 @@ pub struct App {
     pub rules: Arc<Vec<crate::delivery::rules::Rule>>,
     pub fcm: Option<Arc<crate::delivery::fcm::Fcm>>,
     pub mailer: Option<Arc<crate::delivery::email::Mailer>>,
+    pub sms: Option<Arc<crate::delivery::sms::Sms>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub enum AppError {
     Fcm(#[from] crate::delivery::fcm::FcmSetupError),
     #[error(transparent)]
     Email(#[from] crate::delivery::email::EmailSetupError),
+    #[error(transparent)]
+    Sms(#[from] crate::delivery::sms::SmsSetupError),
     #[error(transparent)]
     EventWebhook(#[from] crate::delivery::event_webhooks::SubscriptionError),
 }
@@ -118,10 +121,17 @@ impl App {
             .map(crate::delivery::email::Mailer::new)
             .transpose()?
             .map(Arc::new);
+        let sms = c
+            .sms
+            .as_ref()
+            .map(crate::delivery::sms::Sms::new)
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
             rules: Arc::new(rules),
             fcm,
             mailer,
+            sms,
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),

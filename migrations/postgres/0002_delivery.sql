@@ -76,7 +76,9 @@ CREATE TABLE inbox_items (
     id BIGSERIAL PRIMARY KEY,
     app_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
-    notification_id BIGINT NOT NULL UNIQUE,
+    notification_id BIGINT NOT NULL,
+    -- One item per in-app delivery: a retried job adds nothing, two reminders add two.
+    delivery_id BIGINT NOT NULL UNIQUE,
     type TEXT NOT NULL,
     title TEXT NOT NULL,
     body TEXT NOT NULL,

@@ -152,7 +152,10 @@ if mode == 'apply' then
 end
 
 if mode == 'beat' then
-  -- payload: { now = ms, cutoff = ms, epoch = candidate }
+  -- payload: { dead_after = ms, epoch = candidate }; the time is Redis's own.
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local cutoff = now - payload.dead_after
   local epoch = redis.call('GET', P .. ':epoch')
   if not epoch then
     epoch = payload.epoch
@@ -160,12 +163,12 @@ if mode == 'beat' then
   end
   redis.call('EXPIRE', P .. ':epoch', ttl)
   local registered = redis.call('ZSCORE', P .. ':nodes', node) ~= false
-  redis.call('ZADD', P .. ':nodes', payload.now, node)
+  redis.call('ZADD', P .. ':nodes', now, node)
   redis.call('EXPIRE', P .. ':nodes', ttl)
   redis.call('EXPIRE', nodekey(node), ttl)
   -- Nodes that stopped beating: the first survivor to see one takes its share away, once.
   local facts = {}
-  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', payload.cutoff)) do
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', cutoff)) do
     if dead ~= node then
       redis.call('ZREM', P .. ':nodes', dead)
       local flat = redis.call('HGETALL', nodekey(dead))

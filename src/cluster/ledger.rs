@@ -26,8 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::announce::{Announcer, Deferred, Fact};
 
 const SCRIPT: &str = include_str!("ledger.lua");
-/// Ops waiting for the writer; a full queue fails the op (the node then resyncs).
-const QUEUE: usize = 65_536;
 /// Ops sent in one script call at most.
 const BATCH: usize = 512;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -211,7 +209,7 @@ struct Request {
 }
 
 pub struct Ledger {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Request>,
     reader: ConnectionManager,
     prefix: String,
     healthy: Arc<AtomicBool>,
@@ -227,7 +225,9 @@ impl Ledger {
         timing: Timing,
         announcer: Arc<Announcer>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        // Unbounded: a dropped leave would stay in this node's share for ever. Joins wait for
+        // their answer, so the queue holds at most one join per connection plus its leaves.
+        let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             conn: conn.clone(),
@@ -262,11 +262,11 @@ impl Ledger {
     pub async fn apply(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Request {
+            .send(Request {
                 ops,
                 reply: Some(reply),
             })
-            .map_err(|_| LedgerError::Unavailable("the ledger queue is full".into()))?;
+            .map_err(|_| LedgerError::Unavailable("the ledger writer stopped".into()))?;
         rx.await
             .map_err(|_| LedgerError::Unavailable("the ledger writer stopped".into()))?
     }
@@ -282,8 +282,8 @@ impl Ledger {
         if ops.is_empty() {
             return;
         }
-        if self.tx.try_send(Request { ops, reply: None }).is_err() {
-            tracing::warn!("cluster ledger queue full; the next resync will correct it");
+        if self.tx.send(Request { ops, reply: None }).is_err() {
+            tracing::error!("cluster ledger writer stopped; this node's leaves are not recorded");
         }
     }
 
@@ -474,7 +474,7 @@ impl Mode {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let mut beat = tokio::time::interval(self.timing.beat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resync = tokio::time::interval(self.timing.resync);
@@ -609,7 +609,9 @@ impl Writer {
             for op in &req.ops {
                 let raw = raws.next().unwrap_or_default();
                 if !raw.full {
-                    self.record(op, raw.d);
+                    // The op's own delta, not what Redis applied: a leave that found nothing
+                    // there (this node was reaped) must still leave this node's share.
+                    self.record(op, op.delta);
                     if let Some(fact) = raw.fact.as_deref() {
                         facts.extend(Fact::from_ledger(fact, &op.entry, raw.pending.clone()));
                     }
@@ -680,9 +682,12 @@ impl Writer {
 
     async fn beat(&mut self) {
         let candidate = format!("{:016x}", rand::random::<u64>());
-        let now = now_ms();
-        let cutoff = now.saturating_sub(self.timing.dead_after.as_millis() as u64);
-        let payload = json!({"now": now, "cutoff": cutoff, "epoch": candidate});
+        // Redis's clock, not this node's, says who is silent: skewed nodes cannot reap
+        // each other.
+        let payload = json!({
+            "dead_after": self.timing.dead_after.as_millis() as u64,
+            "epoch": candidate,
+        });
         let Ok(answer) = self.call(Mode::Beat, &payload, true).await else {
             return;
         };

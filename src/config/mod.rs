@@ -235,6 +235,8 @@ pub struct AppConfig {
     pub fcm: Option<crate::delivery::fcm::FcmConfig>,
     #[serde(default)]
     pub email: Option<crate::delivery::email::EmailConfig>,
+    #[serde(default)]
+    pub sms: Option<crate::delivery::sms::SmsConfig>,
     /// Business-event webhooks, signed with Standard Webhooks headers.
     #[serde(default)]
     pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
@@ -299,6 +301,7 @@ impl AppConfig {
             rules: Vec::new(),
             fcm: None,
             email: None,
+            sms: None,
             event_webhooks: Vec::new(),
         }
     }

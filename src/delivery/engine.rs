@@ -20,6 +20,7 @@ use super::fcm::{Push, SendResult};
 use super::preferences::{allows, time_zone};
 use super::records::{DeliveryRow, NewDelivery, NewInboxItem, NewNotification, JOB_KIND};
 use super::rules::{self, ChannelKind, Condition, Deliver, Priority, Recipient, Rule};
+use super::sms::{self, SmsResult};
 use super::templates::{for_locale, render, render_content, TemplateError};
 use crate::apps::{App, AppDirectory};
 use crate::channel::messages::Publish;
@@ -78,6 +79,7 @@ fn recipient_key(r: &Recipient) -> String {
     match r {
         Recipient::User(u) => format!("user:{u}"),
         Recipient::Email(e) => format!("email:{}", e.to_ascii_lowercase()),
+        Recipient::Phone(p) => format!("phone:{p}"),
     }
 }
 
@@ -110,7 +112,7 @@ fn new_notification(
     } = *head;
     let (user_id, address) = match r {
         Recipient::User(u) => (Some(u.clone()), None),
-        Recipient::Email(e) => (None, Some(e.clone())),
+        Recipient::Email(a) | Recipient::Phone(a) => (None, Some(a.clone())),
     };
     NewNotification {
         app_id: app.as_str().to_owned(),
@@ -151,7 +153,7 @@ fn deliveries_for(
                 channel: d.channel.as_str().to_owned(),
                 idempotency_key: key,
                 // An offline-only push waits out its grace period before it looks.
-                run_at: at + (d.offline_for_secs as i64) * 1000,
+                run_at: at.saturating_add((d.offline_for_secs.min(86_400) as i64) * 1000),
                 spec: json!({ "deliver": d, "vars": vars }),
                 schedule_key: schedule_key.map(|k| format!("{k}|{}", recipient_key(r))),
             });
@@ -212,6 +214,11 @@ impl Engine {
             if let Some(f) = &spec.email_field {
                 if let Some(e) = rules::field(payload, f).and_then(Value::as_str) {
                     out.insert(Recipient::Email(e.to_owned()));
+                }
+            }
+            if let Some(f) = &spec.phone_field {
+                if let Some(p) = rules::field(payload, f).and_then(Value::as_str) {
+                    out.insert(Recipient::Phone(p.to_owned()));
                 }
             }
             for e in &spec.emails {
@@ -300,6 +307,20 @@ impl Engine {
                     .as_ref()
                     .and(scheduled(&c.name))
                     .map(|p| p.trim_end_matches('|').to_owned());
+                if let (Some(prefix), true) = (scheduled(&c.name), times.is_empty()) {
+                    if c.schedule.is_some() {
+                        // Moved so close (or without a time) that no reminder is due any more:
+                        // the earlier ones must not go out either.
+                        self.store
+                            .cancel_scheduled(
+                                app.id.as_str(),
+                                &prefix,
+                                "superseded by a later event",
+                            )
+                            .await?;
+                        continue;
+                    }
+                }
                 let head = Head {
                     kind: &c.kind,
                     priority: c.priority,
@@ -481,6 +502,7 @@ impl Engine {
             Step::Skipped(r) => ("skipped", Some(r.as_str())),
             Step::Failed(r) => ("failed", Some(r.as_str())),
             Step::Held { reason, .. } => ("held", Some(reason.as_str())),
+            Step::Ambiguous(r) => ("ambiguous", Some(r.as_str())),
             Step::Retry { reason, .. } => ("pending", Some(reason.as_str())),
             Step::Already => return Ok(step),
         };
@@ -585,6 +607,7 @@ impl Engine {
                         user,
                         NewInboxItem {
                             notification: row.notification_id,
+                            delivery: row.id,
                             kind: &row.kind,
                             title: &rendered.title,
                             body: &rendered.body,
@@ -631,7 +654,15 @@ impl Engine {
                 let (mut retry, mut rejected, mut gone) = (None, None, 0);
                 for d in devices.iter().filter(|d| !done.contains(&d.token)) {
                     match fcm.send(&d.token, &push).await {
-                        SendResult::Sent(_) => sent.push(d.token.clone()),
+                        SendResult::Sent(_) => {
+                            sent.push(d.token.clone());
+                            // Kept at once, so neither a crash nor an expired lease sends
+                            // it to this device again.
+                            let acked = serde_json::to_string(&sent).unwrap_or_default();
+                            self.store
+                                .set_delivery_state(row.id, "pending", None, Some(&acked))
+                                .await?;
+                        }
                         SendResult::TokenGone(reason) => {
                             gone += 1;
                             self.store
@@ -644,11 +675,6 @@ impl Engine {
                         SendResult::Rejected(reason) => rejected = Some(reason),
                     }
                 }
-                // What FCM acknowledged is kept, so a retry sends only to the others.
-                let acked = serde_json::to_string(&sent).unwrap_or_default();
-                self.store
-                    .set_delivery_state(row.id, "pending", None, Some(&acked))
-                    .await?;
                 Ok(match (retry, rejected) {
                     (Some((after, reason)), _) => Step::Retry { after, reason },
                     (None, Some(reason)) if sent.is_empty() => Step::Failed(reason),
@@ -656,6 +682,38 @@ impl Engine {
                         Step::Sent(format!("pushed to {} device(s)", sent.len()))
                     }
                     _ => Step::Skipped(format!("every device token is gone ({gone})")),
+                })
+            }
+            ChannelKind::Sms => {
+                let Some(sms) = app.sms.clone() else {
+                    return Ok(Step::Failed("the app has no SMS configured".into()));
+                };
+                let number = profile
+                    .as_ref()
+                    .and_then(|p| p.phone.clone())
+                    .or_else(|| row.address.clone());
+                let Some(number) = number else {
+                    return Ok(Step::Skipped("no phone number".into()));
+                };
+                let to = match sms::normalize(&number, sms.default_region()) {
+                    Ok(n) => n,
+                    Err(reason) => return Ok(Step::Skipped(reason)),
+                };
+                Ok(match sms.send(&to, &rendered.body).await {
+                    SmsResult::Sent(id) => {
+                        self.store
+                            .set_delivery_state(row.id, "pending", None, Some(&id))
+                            .await?;
+                        Step::Sent(format!("to {to}"))
+                    }
+                    SmsResult::BadRecipient(r) => Step::Skipped(r),
+                    SmsResult::Retry { after, reason } => Step::Retry { after, reason },
+                    SmsResult::Rejected(r) => Step::Failed(r),
+                    SmsResult::Ambiguous(reason) if spec.resend_ambiguous => Step::Retry {
+                        after: None,
+                        reason: format!("ambiguous, sending again: {reason}"),
+                    },
+                    SmsResult::Ambiguous(r) => Step::Ambiguous(r),
                 })
             }
             ChannelKind::Email => {
@@ -711,6 +769,8 @@ impl Engine {
 /// What became of one attempt.
 enum Step {
     Sent(String),
+    /// The provider may or may not have sent it; not sent again.
+    Ambiguous(String),
     Skipped(String),
     Failed(String),
     Held {
@@ -744,6 +804,7 @@ impl Handler for Engine {
             let (verdict, detail) = match self.run_delivery(job).await {
                 Ok(Step::Sent(r)) => (Verdict::Done, format!("sent: {r}")),
                 Ok(Step::Skipped(r)) => (Verdict::Done, format!("skipped: {r}")),
+                Ok(Step::Ambiguous(r)) => (Verdict::Done, format!("ambiguous: {r}")),
                 Ok(Step::Already) => (Verdict::Done, "already decided".into()),
                 Ok(Step::Failed(r)) => (Verdict::Permanent, r),
                 Ok(Step::Held { reason, wait }) => (

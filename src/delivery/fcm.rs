@@ -114,7 +114,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s.min(3600)))
 }
 
 /// FCM error bodies: `{"error": {"code", "status", "message", "details": [{"errorCode"}]}}`.

@@ -12,6 +12,7 @@ pub mod fcm;
 pub mod preferences;
 pub mod records;
 pub mod rules;
+pub mod sms;
 pub mod templates;
 
 pub use engine::{Direct, Engine, Triggered, INBOX_EVENT, UNREAD_EVENT};

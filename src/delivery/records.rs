@@ -12,6 +12,8 @@ use sqlx::Row;
 use crate::store::{now_ms, Dialect, Store, StoreError};
 
 pub const JOB_KIND: &str = "delivery";
+/// How long an unanswered Idempotency-Key claim blocks a retry.
+const STALE_CLAIM_MS: i64 = 60_000;
 /// Marks a delivery cancelled and frees its idempotency key for a later notification.
 const CANCEL: &str = "state = 'cancelled', \
     idempotency_key = idempotency_key || ':cancelled:' || CAST(id AS TEXT)";
@@ -133,6 +135,7 @@ pub struct NotificationView {
 /// An in-app item to add, for one notification.
 pub struct NewInboxItem<'a> {
     pub notification: i64,
+    pub delivery: i64,
     pub kind: &'a str,
     pub title: &'a str,
     pub body: &'a str,
@@ -407,7 +410,7 @@ impl Store {
                 .bind(serde_json::json!({ "delivery_id": id }).to_string())
                 .bind(format!("delivery:{id}"))
                 .bind(d.run_at)
-                .bind(d.run_at + DELIVERY_EXPIRY_MS)
+                .bind(d.run_at.saturating_add(DELIVERY_EXPIRY_MS))
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?
@@ -524,7 +527,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE deliveries SET state = $1, reason = $2, provider_id = COALESCE($3, provider_id), \
-             updated_at = $4 WHERE id = $5",
+             updated_at = $4 WHERE id = $5 AND state <> 'cancelled'",
         )
         .bind(state)
         .bind(reason)
@@ -612,6 +615,7 @@ impl Store {
     ) -> Result<Option<InboxItem>, StoreError> {
         let NewInboxItem {
             notification,
+            delivery,
             kind,
             title,
             body,
@@ -619,9 +623,9 @@ impl Store {
         } = item;
         let now = now_ms();
         let id: Option<i64> = sqlx::query(
-            "INSERT INTO inbox_items (app_id, user_id, notification_id, type, title, body, data, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (notification_id) DO NOTHING RETURNING id",
+            "INSERT INTO inbox_items (app_id, user_id, notification_id, delivery_id, type, title, \
+             body, data, created_at) VALUES ($1, $2, $3, $9, $4, $5, $6, $7, $8) \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
         )
         .bind(app)
         .bind(user)
@@ -631,6 +635,7 @@ impl Store {
         .bind(body)
         .bind(data.to_string())
         .bind(now)
+        .bind(delivery)
         .fetch_optional(&self.pool)
         .await?
         .map(|r| r.try_get(0))
@@ -736,6 +741,36 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Frees the idempotency keys of deliveries and event-webhook jobs older than `age_ms`,
+    /// so the same event much later (next week's identical order) is a new one. Within the
+    /// window a repeat is a duplicate. Returns how many keys were freed.
+    pub async fn expire_keys(&self, age_ms: i64) -> Result<u64, StoreError> {
+        let cutoff = now_ms() - age_ms;
+        let d = sqlx::query(
+            "UPDATE deliveries SET idempotency_key = idempotency_key || ':expired:' || CAST(id AS TEXT) \
+             WHERE created_at < $1 AND state IN ('sent', 'skipped', 'failed', 'ambiguous') \
+             AND idempotency_key NOT LIKE '%:expired:%' AND idempotency_key NOT LIKE '%:cancelled:%'",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let j = sqlx::query(
+            "UPDATE jobs SET dedupe_key = NULL WHERE kind = $1 AND created_at < $2 \
+             AND state IN ('done', 'dead') AND dedupe_key IS NOT NULL",
+        )
+        .bind(super::event_webhooks::KIND)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM api_idempotency WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(d + j)
+    }
+
     // ----- Idempotency-Key -----
 
     /// Claims `key` for a request: `Ok(None)` when this request is the first with it (its
@@ -756,6 +791,23 @@ impl Store {
         .await?
         .rows_affected();
         if inserted == 1 {
+            return Ok(None);
+        }
+        // A claim never finished (its request died) is taken over after a minute; accepting
+        // again is safe, as the deliveries' own keys stop a second send.
+        let now = now_ms();
+        let taken = sqlx::query(
+            "UPDATE api_idempotency SET created_at = $1 WHERE app_id = $2 AND idem_key = $3 \
+             AND status = 0 AND created_at < $4",
+        )
+        .bind(now)
+        .bind(app)
+        .bind(key)
+        .bind(now - STALE_CLAIM_MS)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if taken == 1 {
             return Ok(None);
         }
         let r = sqlx::query(

@@ -19,6 +19,8 @@ pub enum ChannelKind {
     Fcm,
     /// SMTP.
     Email,
+    /// Twilio or Africa's Talking.
+    Sms,
 }
 
 impl ChannelKind {
@@ -27,6 +29,7 @@ impl ChannelKind {
             Self::InApp => "in_app",
             Self::Fcm => "fcm",
             Self::Email => "email",
+            Self::Sms => "sms",
         }
     }
 }
@@ -106,6 +109,9 @@ pub struct Deliver {
     /// Email: a QR code (PNG) of this template's text, e.g. `{{ booking_id }}`.
     #[serde(default)]
     pub attach_qr: Option<String>,
+    /// SMS: send again after a timeout that may have been a send (default: no).
+    #[serde(default)]
+    pub resend_ambiguous: bool,
 }
 
 impl Deliver {
@@ -134,6 +140,9 @@ pub struct RecipientSpec {
     /// A payload field holding an email address (`attendee_email`).
     #[serde(default)]
     pub email_field: Option<String>,
+    /// A payload field holding a phone number (`customer_phone`).
+    #[serde(default)]
+    pub phone_field: Option<String>,
     /// Fixed addresses (a host or team list).
     #[serde(default)]
     pub emails: Vec<String>,
@@ -209,7 +218,7 @@ impl Schedule {
                 let n = n.as_i64()?;
                 // Seconds until the year 5138, milliseconds after.
                 if n < 100_000_000_000 {
-                    n * 1000
+                    n.saturating_mul(1000)
                 } else {
                     n
                 }
@@ -221,7 +230,12 @@ impl Schedule {
         } else {
             &self.minutes_before
         };
-        Some(offsets.iter().map(|m| (at - m * 60_000, *m)).collect())
+        Some(
+            offsets
+                .iter()
+                .map(|m| (at.saturating_sub(m.saturating_mul(60_000)), *m))
+                .collect(),
+        )
     }
 }
 
@@ -233,7 +247,7 @@ pub enum RuleError {
         pattern: String,
         reason: &'static str,
     },
-    #[error("rule {rule:?}: each recipient sets exactly one of user, users_field, email_field, emails, presence")]
+    #[error("rule {rule:?}: each recipient sets exactly one of user, users_field, email_field, phone_field, emails, presence")]
     Recipient { rule: String },
     #[error("rule {rule:?}: at least one recipient and one deliver entry are needed (or cancels)")]
     Empty { rule: String },
@@ -325,6 +339,7 @@ impl Rule {
                 r.user.is_some(),
                 r.users_field.is_some(),
                 r.email_field.is_some(),
+                r.phone_field.is_some(),
                 !r.emails.is_empty(),
                 r.presence.is_some(),
             ]
@@ -454,6 +469,7 @@ pub fn context(
 pub enum Recipient {
     User(String),
     Email(String),
+    Phone(String),
 }
 
 /// Ids from a payload field: a string, a number, or a list of them.
@@ -497,6 +513,7 @@ mod tests {
                 collapse_key: None,
                 attach_ics: None,
                 attach_qr: None,
+                resend_ambiguous: false,
             }],
             idempotency_key: None,
             schedule: None,

@@ -174,6 +174,11 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
     if let Some(p) = v.pointer_mut("/email/password").filter(|p| !p.is_null()) {
         *p = MASK.into();
     }
+    for path in ["/sms/auth_token", "/sms/api_key"] {
+        if let Some(p) = v.pointer_mut(path).filter(|p| !p.is_null()) {
+            *p = MASK.into();
+        }
+    }
     if let Some(hooks) = v
         .pointer_mut("/event_webhooks")
         .and_then(|h| h.as_array_mut())

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import os
 import queue
+import re
 import secrets
 import signal
 import socket
@@ -447,8 +448,9 @@ def render_config(template: str, values: dict[str, str]) -> str:
         if "'" in value or "\n" in value:  # the placeholders sit in TOML literal strings
             raise Fatal(f"{name} cannot go in a TOML literal string: {value!r}")
         template = template.replace(placeholder, value)
-    if "${" in template:
-        raise Fatal(f"{CONFIG_TEMPLATE} has a placeholder the test does not fill")
+    left = re.findall(r"\$\{[A-Z0-9_]+\}", template)
+    if left:
+        raise Fatal(f"{CONFIG_TEMPLATE} has placeholders the test does not fill: {left}")
     return template
 
 

@@ -5,11 +5,12 @@ A fake FCM (token endpoint verifying the service account's RS256 JWT with
 tests/fixtures/fcm-test-key.pub.pem; `messages:send` recording every body) runs in this
 process. bellhop runs with examples/hotelmate/bellhop.toml rendered to point at it. Staff and
 their FCM tokens are registered through bellhop's directory API (signed like the Pusher HTTP
-API); one porter has the app open (a WebSocket signed in with pusher:signin); events are
-triggered with the official `pusher` Python server SDK. Then the pushes, the live in-app items
-and the delivery records are checked.
+API); one porter has the app open (a real pusher-js client, tests/examples/staff_client.mjs,
+signed in with pusher.signin()); events are triggered with the official `pusher` Python server
+SDK. Then the pushes, the live in-app items and the delivery records are checked.
 
-    python3 -m pip install pyjwt cryptography pusher websockets
+    python3 -m pip install pyjwt cryptography pusher
+    (cd tests/sdk && npm ci)   # pusher-js and the pusher Node SDK for staff_client.mjs (Node 20)
     BELLHOP_BIN=/path/to/bellhop python3 tests/examples/hotelmate.py
 
 Prints one line per check and, last, `N passed, M failed`; exits non-zero on any failure.
@@ -37,14 +38,14 @@ from pathlib import Path
 try:
     import jwt  # PyJWT (RS256 needs `cryptography`)
     import pusher
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect as ws_connect
 except ImportError as e:  # pragma: no cover
-    sys.exit(f"missing a package ({e}): python3 -m pip install pyjwt cryptography pusher websockets")
+    sys.exit(f"missing a package ({e}): python3 -m pip install pyjwt cryptography pusher")
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 CONFIG_TEMPLATE = ROOT / "examples" / "hotelmate" / "bellhop.toml"
+STAFF_CLIENT = ROOT / "tests" / "examples" / "staff_client.mjs"
+SDK_MODULES = ROOT / "tests" / "sdk" / "node_modules"
 DEFAULT_BIN = "/var/tmp/bellhop-ci-target/debug/bellhop"
 
 # Must match examples/hotelmate/bellhop.toml.
@@ -374,45 +375,79 @@ def states(ds: list[dict]) -> dict[str, tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------------------
-# A pusher-js-like WebSocket client
+# A staff app's connection: pusher-js, in tests/examples/staff_client.mjs
 # ----------------------------------------------------------------------------------------
 
 
-class Socket:
-    def __init__(self, port: int) -> None:
-        url = f"ws://127.0.0.1:{port}/app/{KEY}?protocol=7&client=python-websockets&version=1.0"
-        try:
-            self.ws = ws_connect(url, open_timeout=WAIT, proxy=None)
-        except TypeError:  # websockets < 15 has no proxy support to turn off
-            self.ws = ws_connect(url, open_timeout=WAIT)
+class StaffClient:
+    """A real pusher-js client (`node tests/examples/staff_client.mjs`) signed in as a staff
+    member with pusher.signin() and subscribed to the given channels. It prints a JSON line per
+    event it receives (`{"channel", "event", "data"}`, data as pusher-js hands it to the app,
+    events on pusher.user under `#server-to-user-{id}`), `{"ready": true}` once signed in and
+    subscribed, and `{"error": ...}` on trouble; it exits when its stdin closes."""
+
+    def __init__(self, port: int, user_id: str, user_info: dict, channels: list[str],
+                 log_path: Path) -> None:
+        if not (SDK_MODULES / "pusher-js").is_dir() or not (SDK_MODULES / "pusher").is_dir():
+            raise Fatal(f"pusher-js and pusher are not in {SDK_MODULES}: (cd tests/sdk && npm ci)")
+        cmd = ["node", str(STAFF_CLIENT.relative_to(ROOT)), "--host", "127.0.0.1",
+               "--port", str(port), "--app-id", APP_ID, "--key", KEY, "--secret", SECRET,
+               "--user", user_id, "--user-info", json.dumps(user_info, separators=(",", ":")),
+               "--timeout-ms", str(int(WAIT * 1000)), *channels]
         self.cond = threading.Condition()
-        self.frames: list[dict] = []
-        self.closed = None
-        threading.Thread(target=self.read, name="ws-reader", daemon=True).start()
-        est = self.wait(lambda f: f["event"] == "pusher:connection_established")
-        if est is None:
-            raise Fatal(f"no pusher:connection_established; frames: {self.frames}")
-        self.socket_id = json.loads(est["data"])["socket_id"]
+        self.frames: list[dict] = []  # the event lines
+        self.errors: list[str] = []   # the error lines, and any line that is not JSON
+        self.ready: dict | None = None
+        self.exited = False
+        self.log_path = log_path
+        self.stderr = open(log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self.stderr.close()
+            raise Fatal(f"could not start {' '.join(cmd[:2])}: {e} (Node 20 is needed)") from e
+        threading.Thread(target=self.read, name="staff-client-stdout", daemon=True).start()
+        end = time.monotonic() + WAIT + 5  # the client gives up by itself after WAIT
+        with self.cond:
+            while self.ready is None and not self.exited and not self.errors:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            ready, errors = self.ready, list(self.errors)
+        if ready is None or errors:
+            self.close()
+            raise Fatal(f"the pusher-js staff client of {user_id} did not get ready "
+                        f"(exit code {self.proc.returncode}): {errors or 'no ready line'}\n"
+                        f"its stderr:\n{self.stderr_tail()}")
+        self.socket_id = ready.get("socket_id")
 
     def read(self) -> None:
-        try:
-            for raw in self.ws:
-                f = json.loads(raw)
-                if f.get("event") == "pusher:ping":
-                    self.send({"event": "pusher:pong", "data": {}})
-                with self.cond:
-                    self.frames.append(f)
-                    self.cond.notify_all()
-        except ConnectionClosed as e:
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = {"error": f"not a JSON line: {line}"}
             with self.cond:
-                self.closed = e
+                if not isinstance(msg, dict) or "error" in msg:
+                    self.errors.append(msg.get("error") if isinstance(msg, dict) else line)
+                elif msg.get("ready"):
+                    self.ready = msg
+                elif "event" in msg:
+                    self.frames.append(msg)
                 self.cond.notify_all()
-
-    def send(self, frame: dict) -> None:
-        self.ws.send(json.dumps(frame))
+        with self.cond:
+            self.exited = True
+            self.cond.notify_all()
 
     def wait(self, pred, timeout: float = WAIT):
-        """The first frame matching pred, waiting up to timeout for it."""
+        """The first event matching pred, waiting up to timeout for it."""
         end = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -420,7 +455,7 @@ class Socket:
                     if pred(f):
                         return f
                 left = end - time.monotonic()
-                if left <= 0 or self.closed is not None:
+                if left <= 0 or self.exited:
                     return None
                 self.cond.wait(left)
 
@@ -428,26 +463,33 @@ class Socket:
         with self.cond:
             return [f for f in self.frames if pred(f)]
 
-    def signin(self, user_data: str) -> None:
-        sig = hmac.new(SECRET.encode(), f"{self.socket_id}::user::{user_data}".encode(),
-                       hashlib.sha256).hexdigest()
-        self.send({"event": "pusher:signin", "data": {"auth": f"{KEY}:{sig}", "user_data": user_data}})
-        ok = self.wait(lambda f: f["event"] in ("pusher:signin_success", "pusher:error"))
-        if ok is None or ok["event"] != "pusher:signin_success":
-            raise Fatal(f"pusher:signin failed: {ok}")
-
-    def subscribe(self, channel: str) -> None:
-        self.send({"event": "pusher:subscribe", "data": {"channel": channel}})
-        ok = self.wait(lambda f: f.get("channel") == channel and f["event"] in (
-            "pusher_internal:subscription_succeeded", "pusher:subscription_error"))
-        if ok is None or ok["event"] != "pusher_internal:subscription_succeeded":
-            raise Fatal(f"subscribing to {channel} failed: {ok or 'no answer'}")
+    def stderr_tail(self, n: int = 20) -> str:
+        try:
+            if not self.stderr.closed:
+                self.stderr.flush()
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
+        except OSError:
+            return "(none)"
 
     def close(self) -> None:
+        """Closes its stdin (it disconnects and exits), killing it if it does not go in 5 s."""
         try:
-            self.ws.close()
-        except Exception:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except OSError:
             pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+            self.proc.wait(timeout=5)
+        finally:
+            if self.proc.poll() is None:  # interrupted while waiting: never leave it behind
+                self.proc.kill()
+            self.stderr.close()
 
 
 def event_on(channel: str, event: str):
@@ -460,8 +502,8 @@ def inbox_push(user: str, kind: str):
         if f.get("channel") != f"#server-to-user-{user}" or f.get("event") != "bellhop:notification":
             return False
         try:
-            return json.loads(f["data"])["item"]["type"] == kind
-        except (KeyError, TypeError, ValueError):
+            return f["data"]["item"]["type"] == kind
+        except (KeyError, TypeError):
             return False
     return pred
 
@@ -533,20 +575,19 @@ def scenario(c: Checks, fcm: FakeFcm, base: str, server: Bellhop) -> None:
             and [d["token"] for d in body.get("devices", []) if d.get("active")] == ["tok-42-phone"],
             f"{status} {body}")
 
-    # --- porter 43 has the app open --------------------------------------------------------
-    sock = Socket(server.port)
+    # --- porter 43 has the app open: pusher-js, signed in (pusher.user is on
+    # #server-to-user-43), subscribed to their porter, notifications and conversation channels
+    sock = StaffClient(server.port, CONNECTED, {"name": "Conor Walsh", "role": "porter"},
+                       [f"{HOTEL}-staff-{CONNECTED}-porter", f"{HOTEL}-staff-{CONNECTED}-notifications",
+                        f"{HOTEL}-staff-conversation-456"],
+                       server.log_path.with_name(f"staff-client-{CONNECTED}.log"))
     try:
-        sock.signin(json.dumps({"id": CONNECTED, "user_info": {"name": "Conor Walsh", "role": "porter"}},
-                               separators=(",", ":")))
-        for ch in (f"#server-to-user-{CONNECTED}", f"{HOTEL}-staff-{CONNECTED}-porter",
-                   f"{HOTEL}-staff-{CONNECTED}-notifications", f"{HOTEL}-staff-conversation-456"):
-            sock.subscribe(ch)
         scenario_events(c, fcm, base, server, sock)
     finally:
         sock.close()
 
 
-def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: Socket) -> None:
+def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: StaffClient) -> None:
     backend = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1",
                             port=server.port, ssl=False, timeout=int(WAIT))
     porters = ["42", CONNECTED]
@@ -558,10 +599,10 @@ def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: S
         backend.trigger(f"{HOTEL}-staff-{p}-porter", "new-room-service-order", order)
 
     rt = sock.wait(event_on(f"{HOTEL}-staff-{CONNECTED}-porter", "new-room-service-order"))
-    c.check("room service: the connected porter's socket gets the realtime event with the payload",
-            rt is not None and json.loads(rt["data"]) == order, f"frame: {rt}")
+    c.check("room service: the connected porter's pusher-js client gets the realtime event with the payload",
+            rt is not None and rt["data"] == order, f"event: {rt}")
     item = sock.wait(inbox_push(CONNECTED, "room_service_order"))
-    got = json.loads(item["data"]) if item else None
+    got = item["data"] if item else None
     c.equal("room service: the connected porter gets bellhop:notification on #server-to-user-43",
             got and {k: got["item"].get(k) for k in ("type", "title", "body", "data")},
             {"type": "room_service_order", "title": "🔔 New Room Service Order",
@@ -596,9 +637,9 @@ def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: S
         backend.trigger(f"{HOTEL}-staff-{p}-porter", "new-breakfast-order", breakfast)
     rt = sock.wait(event_on(f"{HOTEL}-staff-{CONNECTED}-porter", "new-breakfast-order"))
     item = sock.wait(inbox_push(CONNECTED, "breakfast_order"))
-    got = json.loads(item["data"])["item"] if item else {}
+    got = item["data"]["item"] if item else {}
     c.check("breakfast: the connected porter gets the realtime event and the live in-app item",
-            rt is not None and json.loads(rt["data"]) == breakfast
+            rt is not None and rt["data"] == breakfast
             and got.get("title") == "🍳 New Breakfast Order"
             and got.get("body") == "Room 102 - Delivery: 08:00",
             f"event: {rt}\nitem: {got}")
@@ -630,9 +671,9 @@ def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: S
     chat_title, chat_body = "💬 Aoife Byrne in Night Shift", text[:100]
     rt = sock.wait(event_on(f"{HOTEL}-staff-conversation-456", "new-message"))
     item = sock.wait(inbox_push(CONNECTED, "staff_chat_message"))
-    got = json.loads(item["data"])["item"] if item else {}
+    got = item["data"]["item"] if item else {}
     c.check("staff chat: the connected participant gets the realtime event and the live in-app item",
-            rt is not None and json.loads(rt["data"]) == chat
+            rt is not None and rt["data"] == chat
             and got.get("title") == chat_title and got.get("body") == chat_body,
             f"event: {rt}\nitem: {got}")
     per_user = {u: states(settled(base, u, "staff-chat-message", 2)) for u in ("42", "43", "44")}
@@ -682,7 +723,7 @@ def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: S
     mention43 = dict(mention, message_id="791", message_text="@Conor trolley to room 301 please")
     backend.trigger(f"{HOTEL}-staff-{CONNECTED}-notifications", "message-mention", mention43)
     item = sock.wait(inbox_push(CONNECTED, "staff_chat_mention"))
-    got = json.loads(item["data"])["item"] if item else {}
+    got = item["data"]["item"] if item else {}
     c.check("mention: a connected staff member gets it live as bellhop:notification",
             got.get("title") == mention_title and got.get("body") == "@Conor trolley to room 301 please",
             f"item: {got}")

@@ -569,3 +569,43 @@ async fn the_presence_member_limit_holds_across_nodes() {
     a.expect("pusher_internal:member_added").await;
     a.expect_silence().await;
 }
+
+#[tokio::test]
+async fn a_node_taken_for_dead_comes_back_without_ghost_members() {
+    let redis = Redis::start();
+    let nodes = nodes_with(&redis, 2, &[("BELLHOP_NODE_DEAD_AFTER_MS", "2000")]);
+    let mut ann = Client::connect(&nodes[0]).await;
+    ann.subscribe_presence("presence-desk", "ann", json!({}))
+        .await;
+    let mut carol = Client::connect(&nodes[1]).await;
+    carol
+        .subscribe_presence("presence-desk", "carol", json!({}))
+        .await;
+    ann.expect("pusher_internal:member_added").await;
+
+    // Node 1 freezes long enough to be reaped; carol leaves while it is frozen.
+    nodes[1].signal("STOP");
+    let removed = ann
+        .expect_within("pusher_internal:member_removed", 10)
+        .await;
+    assert_eq!(data(&removed), json!({"user_id": "carol"}));
+    carol.close().await;
+    nodes[1].signal("CONT");
+    // Back, it restores its share and reads carol's close, in whichever order: the last word
+    // on carol is that she left (never a ghost), and the list agrees.
+    let seen = member_events(&mut ann, Duration::from_secs(3)).await;
+    let last = seen.iter().rev().find(|(_, u)| u == "carol");
+    assert!(
+        last.is_none_or(|(kind, _)| kind == "removed"),
+        "carol came back: {seen:?}"
+    );
+    let users = Api::new(&nodes[0])
+        .get("/channels/presence-desk/users", &[])
+        .await;
+    assert_eq!(users.body, json!({"users": [{"id": "ann"}]}));
+    // And a member it still has is restored: dave joins on node 1 and stays.
+    let mut dave = Client::connect(&nodes[1]).await;
+    dave.subscribe_presence("presence-desk", "dave", json!({}))
+        .await;
+    ann.expect("pusher_internal:member_added").await;
+}

@@ -1,11 +1,12 @@
 //! Runs the worked examples in `examples/` as their users would drive them: the official
-//! Python `pusher` SDK triggers events, a WebSocket client stays connected, and a fake FCM
-//! checks every push (see each script's header).
+//! Python `pusher` SDK triggers events, pusher-js clients stay connected, a fake FCM checks
+//! every push and a real SMTP server receives the mail (see each script's header).
 
 use std::path::Path;
 use std::process::Command;
 
 fn run(script: &str) {
+    crate::sdk::ensure_node_modules();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(root.join(script))
@@ -27,4 +28,9 @@ fn run(script: &str) {
 #[test]
 fn hotelmate_pushes_as_the_hotel_backend_drives_them() {
     run("tests/examples/hotelmate.py");
+}
+
+#[test]
+fn bookings_confirm_remind_reschedule_and_cancel_as_the_booking_backend_drives_them() {
+    run("tests/examples/booking.py");
 }

@@ -140,6 +140,13 @@ impl Server {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status();
+    }
+
     /// Sends SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         let _ = Command::new("kill")

@@ -9,6 +9,7 @@ mod cluster_presence;
 mod connection;
 mod delivery;
 mod delivery_booking;
+mod delivery_sms;
 mod examples;
 mod harness;
 mod http_api;

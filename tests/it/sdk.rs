@@ -4,10 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn official_sdks_work_unchanged() {
+/// Installs the pinned npm packages of `tests/sdk` once (the examples use them too).
+pub fn ensure_node_modules() {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
-    if !dir.join("node_modules").exists() {
+    if !*done && !dir.join("node_modules").exists() {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
@@ -15,6 +17,13 @@ fn official_sdks_work_unchanged() {
             .expect("npm is installed (Node 18+)");
         assert!(status.success(), "npm ci failed in tests/sdk");
     }
+    *done = true;
+}
+
+#[test]
+fn official_sdks_work_unchanged() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
+    ensure_node_modules();
     let out = Command::new("npm")
         .arg("test")
         .current_dir(&dir)

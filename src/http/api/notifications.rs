@@ -56,6 +56,15 @@ fn validate(body: &NotifyBody) -> Result<(), ApiError> {
     if body.channels.is_empty() {
         return Err(ApiError::BadRequest("channels must not be empty".into()));
     }
+    let now = crate::store::now_ms();
+    if body
+        .send_at
+        .is_some_and(|t| t < now - 86_400_000 || t > now + 366 * 86_400_000)
+    {
+        return Err(ApiError::BadRequest(
+            "send_at is Unix milliseconds within the coming year".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -128,11 +137,11 @@ pub async fn notify(
     };
     let answer = json!({ "deliveries": accepted });
     if let Some(k) = &key {
-        state
-            .store
-            .finish_idempotent(&app, k, 202, &answer)
-            .await
-            .map_err(store_err)?;
+        // The notifications are accepted whatever happens here; a retry that finds the key
+        // unfinished takes it over after a minute and accepts nothing twice.
+        if let Err(e) = state.store.finish_idempotent(&app, k, 202, &answer).await {
+            tracing::warn!(error = %e, "the answer to an Idempotency-Key was not kept");
+        }
     }
     Ok(HttpResponse::Accepted().json(answer))
 }
