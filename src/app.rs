@@ -55,6 +55,7 @@ fn deliver_from_bus(
             channel,
             except,
             cacheable,
+            member_seq,
             frame,
         } => {
             let key = crate::channel::ChannelKey {
@@ -72,6 +73,7 @@ fn deliver_from_bus(
                     frame,
                     except,
                     from: None,
+                    member_seq,
                 },
             );
         }

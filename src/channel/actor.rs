@@ -11,7 +11,7 @@ use bellhop_protocol::server::{self, SubscriptionErrorKind};
 use bellhop_protocol::{SocketId, UserId};
 use bytestring::ByteString;
 
-use super::messages::{ListMembers, Member, Publish, Subscribe, Unsubscribe};
+use super::messages::{Joined, ListMembers, Member, Publish, Subscribe, Unsubscribe};
 use super::presence::{Change, Members};
 use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
 use crate::connection::Outbox;
@@ -21,6 +21,12 @@ use crate::webhooks::{Observed, WebhookEvent};
 struct Subscriber {
     outbox: Outbox,
     user: Option<UserId>,
+    /// Joining (clustered presence): the member frames held until the ledger's snapshot.
+    pending: Option<Vec<(u64, ByteString)>>,
+    /// The number of the last member frame its snapshot included: an older frame that
+    /// arrives late is already in the snapshot and is not sent again.
+    snapshot_seq: Option<u64>,
+    info: Option<std::sync::Arc<serde_json::value::RawValue>>,
 }
 
 /// `subscription_count` events wait this long so a burst of joins sends one event.
@@ -79,10 +85,19 @@ impl ChannelActor {
         }
     }
 
-    fn broadcast(&self, frame: &ByteString, except: Option<SocketId>) {
+    fn broadcast(&mut self, frame: &ByteString, except: Option<SocketId>, member_seq: Option<u64>) {
         let mut sent = 0u64;
-        for (id, sub) in &self.subscribers {
-            if Some(*id) != except {
+        for (id, sub) in &mut self.subscribers {
+            if let Some(held) = &mut sub.pending {
+                // A joining socket hears member changes only after its snapshot, and nothing
+                // else before subscription_succeeded.
+                if let (Some(seq), true) = (member_seq, Some(*id) != except) {
+                    held.push((seq, frame.clone()));
+                }
+                continue;
+            }
+            let seen = matches!((member_seq, sub.snapshot_seq), (Some(q), Some(s)) if q <= s);
+            if Some(*id) != except && !seen {
                 // A full outbox closes its own connection (4100); the channel moves on.
                 if sub.outbox.push(frame.clone()).is_ok() {
                     sent += 1;
@@ -135,7 +150,7 @@ impl ChannelActor {
             }
             this.count_sent = Some(n);
             let frame = server::subscription_count(this.key.name.as_str(), n);
-            this.broadcast(&frame.into(), None);
+            this.broadcast(&frame.into(), None, None);
             this.observe(WebhookEvent::SubscriptionCount {
                 channel: this.channel(),
                 count: n,
@@ -177,6 +192,24 @@ impl ChannelActor {
             self.send_to(&existing.outbox, succeeded);
             return;
         }
+        if msg.pending {
+            let (user, info) = match msg.member {
+                Some(Member { user_id, user_info }) => (Some(user_id), Some(user_info)),
+                None => (None, None),
+            };
+            self.subscribers.insert(
+                msg.socket_id,
+                Subscriber {
+                    outbox: msg.outbox,
+                    user,
+                    pending: Some(Vec::new()),
+                    snapshot_seq: None,
+                    info,
+                },
+            );
+            self.update_counters();
+            return;
+        }
         let user = match msg.member {
             Some(Member { user_id, user_info }) if self.clustered => {
                 // The ledger admitted the member and announces it cluster-wide.
@@ -207,7 +240,7 @@ impl ChannelActor {
                 if self.members.join(user_id.clone(), user_info.clone()) == Change::First {
                     self.metrics.presence_members.inc();
                     let frame = server::member_added(channel, user_id.as_str(), &user_info);
-                    self.broadcast(&frame.into(), None);
+                    self.broadcast(&frame.into(), None, None);
                     self.observe(WebhookEvent::MemberAdded {
                         channel: self.channel(),
                         user_id: user_id.as_str().to_owned(),
@@ -227,6 +260,9 @@ impl ChannelActor {
             Subscriber {
                 outbox: msg.outbox,
                 user,
+                pending: None,
+                snapshot_seq: None,
+                info: None,
             },
         );
         self.update_counters();
@@ -252,14 +288,15 @@ impl ChannelActor {
         let Some(sub) = self.subscribers.remove(&socket_id) else {
             return;
         };
-        if let Some(user) = sub.user {
+        // A socket that never finished joining was never counted as a member here.
+        if let Some(user) = sub.user.filter(|_| sub.pending.is_none()) {
             let last = self.members.leave(&user) == Some(Change::First);
             if last {
                 self.metrics.presence_members.dec();
             }
             if last && !self.clustered {
                 let frame = server::member_removed(self.key.name.as_str(), user.as_str());
-                self.broadcast(&frame.into(), None);
+                self.broadcast(&frame.into(), None, None);
                 self.observe(WebhookEvent::MemberRemoved {
                     channel: self.channel(),
                     user_id: user.as_str().to_owned(),
@@ -321,7 +358,46 @@ impl Handler<Publish> for ChannelActor {
                 return;
             }
         }
-        self.broadcast(&msg.frame, msg.except);
+        self.broadcast(&msg.frame, msg.except, msg.member_seq);
+    }
+}
+
+impl Handler<Joined> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: Joined, _: &mut Context<Self>) {
+        let Some(sub) = self.subscribers.get_mut(&msg.socket_id) else {
+            return;
+        };
+        let Some(held) = sub.pending.take() else {
+            return;
+        };
+        sub.snapshot_seq = msg.seq;
+        let user = sub.user.clone();
+        let info = sub.info.take();
+        let outbox = sub.outbox.clone();
+        if let (Some(u), Some(i)) = (user, info) {
+            if self.members.join(u, i) == Change::First {
+                self.metrics.presence_members.inc();
+            }
+        }
+        let channel = self.key.name.as_str();
+        let succeeded: ByteString = match &msg.members {
+            Some(members) => server::presence_subscription_succeeded(
+                channel,
+                members.iter().map(|(id, info)| (id.as_str(), &**info)),
+            )
+            .into(),
+            None => self.succeeded_frame(),
+        };
+        self.send_to(&outbox, succeeded);
+        for (seq, frame) in held {
+            if msg.seq.is_none_or(|snapshot| seq > snapshot) {
+                self.send_to(&outbox, frame);
+            }
+        }
+        if self.key.name.is_cache() {
+            self.send_cached(&outbox);
+        }
     }
 }
 

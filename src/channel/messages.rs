@@ -31,6 +31,21 @@ pub struct Subscribe {
     /// Clustered: the channel's members across the cluster (the ledger already admitted this
     /// member), for `subscription_succeeded`. None alone, or while the ledger is unreachable.
     pub cluster_members: Option<Vec<(String, Box<RawValue>)>>,
+    /// Clustered presence: registered before the ledger is asked, so that no member frame
+    /// published meanwhile can miss this socket; it hears nothing until [`Joined`].
+    pub pending: bool,
+}
+
+/// Completes a pending presence subscription with the ledger's snapshot: the actor sends
+/// `subscription_succeeded` with `members`, then the member frames it held for this socket
+/// that are newer than `seq`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Joined {
+    pub socket_id: SocketId,
+    /// None: the ledger was unreachable; this node's members answer.
+    pub members: Option<Vec<(String, Box<RawValue>)>>,
+    pub seq: Option<u64>,
 }
 
 /// Removes a socket; a no-op when it is not subscribed.
@@ -48,6 +63,8 @@ pub struct Publish {
     pub frame: ByteString,
     pub except: Option<SocketId>,
     pub from: Option<SocketId>,
+    /// A presence member frame's number (clustered): held for sockets still joining.
+    pub member_seq: Option<u64>,
 }
 
 /// The user ids of a presence channel's members.

@@ -156,6 +156,7 @@ impl Announcer {
                 frame: frame.clone(),
                 except,
                 from: None,
+                member_seq: None,
             },
         );
         out.push(Envelope::event(

@@ -22,6 +22,8 @@ pub enum Body {
         except: Option<SocketId>,
         /// Whether this is a server event that a cache channel should remember.
         cacheable: bool,
+        /// A presence member frame's number in its channel (from the ledger script).
+        member_seq: Option<u64>,
         frame: ByteString,
     },
     /// Close every connection of a signed-in user (`terminate_connections`).
@@ -52,6 +54,8 @@ struct Header<'a> {
     user: Option<&'a str>,
     #[serde(rename = "on", default)]
     online: bool,
+    #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+    member_seq: Option<u64>,
 }
 
 fn event_kind() -> &'static str {
@@ -83,6 +87,7 @@ impl Envelope {
                 channel,
                 except,
                 cacheable: false,
+                member_seq: None,
                 frame,
             },
         }
@@ -98,6 +103,7 @@ impl Envelope {
             cacheable: false,
             user: None,
             online: false,
+            member_seq: None,
         };
         let mut frame: &[u8] = &[];
         match &self.body {
@@ -105,11 +111,13 @@ impl Envelope {
                 channel,
                 except,
                 cacheable,
+                member_seq,
                 frame: f,
             } => {
                 header.channel = Some(channel.as_str());
                 header.except = except.map(|s| s.to_string());
                 header.cacheable = *cacheable;
+                header.member_seq = *member_seq;
                 frame = f.as_bytes();
             }
             Body::Terminate { user } => {
@@ -158,6 +166,7 @@ impl Envelope {
                         .transpose()
                         .map_err(|_| EnvelopeError::BadHeader)?,
                     cacheable: header.cacheable,
+                    member_seq: header.member_seq,
                     frame: ByteString::from(frame.to_owned()),
                 }
             }
@@ -193,6 +202,7 @@ mod tests {
                 channel: ChannelName::parse("hotel-1").unwrap(),
                 except: Some(SocketId::parse("1.2").unwrap()),
                 cacheable: false,
+                member_seq: Some(7),
                 frame: r#"{"event":"e","channel":"hotel-1","data":"line\nbreak"}"#.into(),
             },
         };

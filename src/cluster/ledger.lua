@@ -47,10 +47,16 @@ local function touch(e, who)
   if e[1] == 'p' then redis.call('EXPIRE', members_of(e), ttl) end
 end
 
+-- Every member frame of a channel is numbered, and a join's snapshot carries the number it
+-- includes, so a node can give a new member exactly the frames after its snapshot.
+local function seq_of(e) return P .. ':seq:' .. e[2] .. ':' .. e[3] end
+
 -- pusher_internal:member_added / member_removed as bellhop's protocol crate encodes them,
 -- in a bus envelope (header line, then the frame). `except` is the joining socket.
 local function publish_member(e, added, info, except)
   if bus == nil or bus == '' then return end
+  local seq = redis.call('INCR', seq_of(e))
+  redis.call('EXPIRE', seq_of(e), ttl)
   local user = cjson.encode(e[4])
   local event, data
   if added then
@@ -61,7 +67,7 @@ local function publish_member(e, added, info, except)
     data = '{"user_id":' .. user .. '}'
   end
   local channel = cjson.encode(e[3])
-  local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"e","c":' .. channel
+  local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"e","q":' .. seq .. ',"c":' .. channel
   if except then header = header .. ',"x":' .. cjson.encode(except) end
   local frame = '{"event":"' .. event .. '","channel":' .. channel .. ',"data":' .. cjson.encode(data) .. '}'
   redis.call('PUBLISH', bus, header .. '}\n' .. frame)
@@ -143,7 +149,10 @@ if mode == 'apply' then
     else
       local fact, t, d, pending = change(node, op.e, op.d, op.i, op.x)
       r.fact, r.total, r.d, r.pending = fact, t, d, pending
-      if op.want then r.members = members(op.e) end
+      if op.want then
+        r.members = members(op.e)
+        r.seq = tonumber(redis.call('GET', seq_of(op.e)) or '0')
+      end
     end
     out[idx] = r
   end

@@ -169,8 +169,10 @@ pub struct Outcome {
     pub full: bool,
     /// The cluster-wide total after the change.
     pub total: u64,
-    /// The presence channel's members, when asked for.
+    /// The presence channel's members, when asked for, and the number of the last member
+    /// frame they include.
     pub members: Vec<(String, Box<RawValue>)>,
+    pub seq: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -187,6 +189,8 @@ struct RawOutcome {
     members: Option<Value>,
     #[serde(default)]
     pending: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -627,6 +631,7 @@ impl Writer {
                     full: raw.full,
                     total: raw.total.max(0) as u64,
                     members: raw.members.map(parse_members).unwrap_or_default(),
+                    seq: raw.seq,
                 });
             }
             if let Some(reply) = req.reply {

@@ -28,7 +28,7 @@ pub use registry::Connections;
 pub use writer::Writer;
 
 use crate::apps::{App, ConnectionSlot};
-use crate::channel::messages::{Publish, Subscribe, Unsubscribe};
+use crate::channel::messages::{Joined, Publish, Subscribe, Unsubscribe};
 use crate::channel::{ChannelActor, ChannelKey};
 use crate::cluster::{Entry, Op};
 use crate::metrics::{AppMetrics, METRICS};
@@ -182,17 +182,57 @@ impl Connection {
             return;
         }
         let user = authorized.member.as_ref().map(|m| m.user_id.clone());
+        let key = self.key(authorized.channel.clone());
+        let repeated = self.subscriptions.contains_key(&authorized.channel);
+        if self.state.ledger.is_some() && authorized.member.is_some() && !repeated {
+            // Registered first (hearing nothing yet), so that no member frame published
+            // while the ledger answers can miss this socket; then completed with the snapshot.
+            let member = authorized.member.clone();
+            let addr = self.state.channels.subscribe(
+                &key,
+                Subscribe {
+                    socket_id: self.socket_id,
+                    outbox: self.outbox.clone(),
+                    member: authorized.member,
+                    max_members: self.app.limits.max_presence_members,
+                    subscription_count: self.app.subscription_count,
+                    cluster_members: None,
+                    pending: true,
+                },
+            );
+            match self
+                .join_cluster(&authorized.channel, member.as_ref())
+                .await
+            {
+                Err(full) => {
+                    addr.do_send(Unsubscribe {
+                        socket_id: self.socket_id,
+                    });
+                    self.send(full);
+                }
+                Ok(snapshot) => {
+                    let (members, seq) = snapshot.map_or((None, None), |(m, s)| (Some(m), s));
+                    addr.do_send(Joined {
+                        socket_id: self.socket_id,
+                        members,
+                        seq,
+                    });
+                    self.subscriptions
+                        .insert(authorized.channel, Subscription { addr, user });
+                }
+            }
+            return;
+        }
         let cluster_members = match self
             .join_cluster(&authorized.channel, authorized.member.as_ref())
             .await
         {
-            Ok(members) => members,
+            Ok(snapshot) => snapshot.map(|(members, _)| members),
             Err(full) => {
                 self.send(full);
                 return;
             }
         };
-        let key = self.key(authorized.channel.clone());
         let addr = self.state.channels.subscribe(
             &key,
             Subscribe {
@@ -202,6 +242,7 @@ impl Connection {
                 max_members: self.app.limits.max_presence_members,
                 subscription_count: self.app.subscription_count,
                 cluster_members,
+                pending: false,
             },
         );
         // A repeated subscribe to the same live actor changes nothing there (it keeps the
@@ -225,7 +266,7 @@ impl Connection {
         &self,
         channel: &ChannelName,
         member: Option<&crate::channel::messages::Member>,
-    ) -> Result<Option<Vec<(String, Box<RawValue>)>>, String> {
+    ) -> Result<Option<(Vec<(String, Box<RawValue>)>, Option<u64>)>, String> {
         let Some(ledger) = &self.state.ledger else {
             return Ok(None);
         };
@@ -236,7 +277,11 @@ impl Connection {
                 return Ok(None);
             }
             // Answered again with the members as they are now; nothing is counted twice.
-            return Ok(ledger.member_list(&app, channel).await.ok());
+            return Ok(ledger
+                .member_list(&app, channel)
+                .await
+                .ok()
+                .map(|m| (m, None)));
         }
         let mut ops = vec![Op::new(
             Entry::Subscription {
@@ -276,7 +321,7 @@ impl Connection {
                         self.app.limits.max_presence_members,
                     ));
                 }
-                Ok(Some(first.members))
+                Ok(Some((first.members, first.seq)))
             }
             Err(e) => {
                 tracing::warn!(socket_id = %self.socket_id, error = %e, "subscribed without the cluster ledger");
@@ -444,6 +489,7 @@ impl Connection {
             frame: frame.clone(),
             except: Some(self.socket_id),
             from: Some(self.socket_id),
+            member_seq: None,
         });
         if let Some(name) = ChannelName::parse(channel)
             .ok()

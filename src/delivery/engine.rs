@@ -460,6 +460,7 @@ impl Engine {
                     channel: channel.clone(),
                     except: None,
                     cacheable: false,
+                    member_seq: None,
                     frame: frame.clone(),
                 },
             };
@@ -476,6 +477,7 @@ impl Engine {
                 frame,
                 except: None,
                 from: None,
+                member_seq: None,
             },
         );
     }

@@ -609,3 +609,55 @@ async fn a_node_taken_for_dead_comes_back_without_ghost_members() {
         .await;
     ann.expect("pusher_internal:member_added").await;
 }
+
+/// A client's view of a presence channel: its snapshot, then every member event after it.
+fn view(snapshot: &Value, events: &[(String, String)]) -> std::collections::BTreeSet<String> {
+    let mut members: std::collections::BTreeSet<String> = snapshot["presence"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    for (kind, user) in events {
+        match kind.as_str() {
+            "added" => assert!(members.insert(user.clone()), "{user} added twice"),
+            _ => assert!(members.remove(user), "{user} removed but not a member"),
+        }
+    }
+    members
+}
+
+#[tokio::test]
+async fn users_joining_at_once_on_every_node_all_see_the_same_members() {
+    let redis = Redis::start();
+    let nodes = nodes_with(&redis, 3, &[]);
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ws_url(crate::harness::KEY))
+        .collect();
+    let mut joins = Vec::new();
+    for i in 0..30 {
+        let url = urls[i % 3].clone();
+        joins.push(tokio::spawn(async move {
+            let mut c = Client::connect_to(&url).await;
+            let ok = c
+                .subscribe_presence("presence-shift", &format!("u{i}"), json!({}))
+                .await;
+            (c, data(&ok))
+        }));
+    }
+    let mut clients = Vec::new();
+    for j in joins {
+        clients.push(j.await.unwrap());
+    }
+    let everyone: std::collections::BTreeSet<String> = (0..30).map(|i| format!("u{i}")).collect();
+    let views =
+        futures_util::future::join_all(clients.iter_mut().map(|(c, snapshot)| async move {
+            let events = member_events(c, Duration::from_millis(800)).await;
+            view(snapshot, &events)
+        }))
+        .await;
+    for v in views {
+        assert_eq!(v, everyone);
+    }
+}

@@ -193,6 +193,7 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
                     channel: channel.clone(),
                     except: *except,
                     cacheable: true,
+                    member_seq: None,
                     frame: frame.clone(),
                 },
             })
@@ -216,6 +217,7 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
                 frame,
                 except,
                 from: None,
+                member_seq: None,
             },
         );
     }
