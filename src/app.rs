@@ -258,7 +258,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 registry: registry.clone(),
                 bus: bus.clone(),
                 webhooks: batcher.clone().recipient(),
-                connections: connections.clone(),
                 apps: apps.clone(),
             });
             let timing = crate::cluster::Timing {

@@ -1,7 +1,7 @@
-//! Turns what the cluster ledger reports into webhooks and watchlist events: each fact was
-//! reported to exactly one node, which records the webhook (a leave's after the cluster-wide
-//! cancel window) and tells every node's watchers. Member events reach clients straight from
-//! the ledger script, which publishes them in the order it ran (see `ledger.lua`).
+//! Turns what the cluster ledger reports into webhooks: each fact was reported to exactly one
+//! node, which records the webhook (a leave's after the cluster-wide cancel window). Member
+//! and watchlist events reach clients straight from the ledger script, which publishes them
+//! in the order it ran (see `ledger.lua`); subscription counts are sent from here.
 
 use std::sync::Arc;
 
@@ -10,11 +10,10 @@ use bellhop_protocol::{server, AppId, ChannelName, SocketId, UserId};
 use bytestring::ByteString;
 
 use super::ledger::Entry;
-use super::{Body, Envelope, SharedBus};
+use super::{Envelope, SharedBus};
 use crate::apps::AppDirectory;
 use crate::channel::messages::Publish;
 use crate::channel::{ChannelKey, ChannelRegistry};
-use crate::connection::Connections;
 use crate::webhooks::{Observed, WebhookEvent};
 
 /// Something that became true cluster-wide.
@@ -108,7 +107,6 @@ pub struct Announcer {
     pub registry: Arc<ChannelRegistry>,
     pub bus: SharedBus,
     pub webhooks: Recipient<Observed>,
-    pub connections: Arc<Connections>,
     pub apps: Arc<AppDirectory>,
 }
 
@@ -175,7 +173,6 @@ impl Announcer {
         if facts.is_empty() {
             return deferred;
         }
-        let mut out = Vec::new();
         for fact in facts {
             match fact {
                 Fact::Occupied {
@@ -229,28 +226,11 @@ impl Announcer {
                     };
                     self.leave(&mut deferred, app, pending, event);
                 }
-                Fact::Online { app, user } | Fact::Offline { app, user }
-                    if self.apps.by_id(app.as_str()).is_none() =>
-                {
-                    tracing::debug!(app_id = %app, user_id = %user, "watch fact for an unknown app");
-                }
-                Fact::Online { app, user } => self.watch(&mut out, app, user, true),
-                Fact::Offline { app, user } => self.watch(&mut out, app, user, false),
+                // The ledger script published these to every node, in order.
+                Fact::Online { .. } | Fact::Offline { .. } => {}
             }
         }
-        if let Err(e) = self.bus.publish_many(out).await {
-            tracing::warn!(error = %e, "watchlist events not shared with other nodes");
-        }
         deferred
-    }
-
-    fn watch(&self, out: &mut Vec<Envelope>, app: AppId, user: UserId, online: bool) {
-        self.connections.watch_event(&app, &user, online);
-        out.push(Envelope {
-            origin: self.node.clone(),
-            app,
-            body: Body::Watch { user, online },
-        });
     }
 
     /// Whether changes of this channel's subscription count are announced.

@@ -13,8 +13,9 @@
 -- finds the key deletes it and is a 'rejoin' (no webhook for either), and the node holding
 -- the leave sends its webhook only if the key is still there when the window closes.
 --
--- Member events are published to the bus from here, in the order the script runs, so every
--- subscriber on every node sees a user's joins and leaves in the order they happened. Their
+-- Member events (and watchlist online/offline) are published to the bus from here, in the
+-- order the script runs, so every node sees a user's joins and leaves in the order they
+-- happened. Their
 -- origin is "" (no node's id), so every node, the one that caused them included, delivers them.
 --
 -- ARGV: prefix, node, mode (apply | beat | sync), payload (JSON), ttl seconds, delay ms,
@@ -73,6 +74,14 @@ local function publish_member(e, added, info, except)
   redis.call('PUBLISH', bus, header .. '}\n' .. frame)
 end
 
+-- A user's first signed-in socket anywhere, or their last one leaving, for watchlists.
+local function publish_watch(e, online)
+  if bus == nil or bus == '' then return end
+  local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"w","u":' .. cjson.encode(e[3])
+    .. ',"on":' .. tostring(online) .. '}'
+  redis.call('PUBLISH', bus, header .. '\n')
+end
+
 -- Applies delta d of one entry to its total. Returns the fact it caused (or nil), the total,
 -- and for a held leave the pending key its webhook waits on.
 local function apply_total(e, d, info, who, except)
@@ -83,6 +92,7 @@ local function apply_total(e, d, info, who, except)
     if e[1] == 'p' then redis.call('HDEL', members_of(e), f) end
     if t - d > 0 then
       if e[1] == 'p' then publish_member(e, false) end
+      if e[1] == 'o' then publish_watch(e, false) end
       if held(e) then
         local pk = pending_of(e)
         redis.call('SET', pk, '1', 'PX', delay + 60000)
@@ -98,6 +108,7 @@ local function apply_total(e, d, info, who, except)
       redis.call('HSET', members_of(e), f, info or '{}')
       publish_member(e, true, info, except)
     end
+    if e[1] == 'o' then publish_watch(e, true) end
     if held(e) and redis.call('DEL', pending_of(e)) == 1 then return 'rejoin', t end
     return 'first', t
   end

@@ -606,6 +606,16 @@ impl Config {
                 "admin_token must be at least 16 characters (or unset to turn the admin API off)",
             ));
         }
+        if s.node_dead_after_ms < 2 * s.node_beat_ms.max(1) {
+            return Err(ConfigError::Server(
+                "node_dead_after_ms must be at least twice node_beat_ms, or live nodes are taken for dead",
+            ));
+        }
+        if s.cluster_key_ttl_secs <= 2 * s.cluster_resync_secs {
+            return Err(ConfigError::Server(
+                "cluster_key_ttl_secs must exceed twice cluster_resync_secs, or live keys expire",
+            ));
+        }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             return Err(ConfigError::Server(
                 "TLS needs both tls_cert and tls_key (BELLHOP_TLS_CERT, BELLHOP_TLS_KEY)",
