@@ -254,6 +254,27 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
                 ok(3),
             ],
         ),
+        (
+            "tok-45",
+            vec![
+                fcm_error(
+                    503,
+                    "UNAVAILABLE",
+                    "UNAVAILABLE",
+                    "The service is currently unavailable.",
+                ),
+                ok(4),
+            ],
+        ),
+        (
+            "tok-46",
+            vec![fcm_error(
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                "Invalid value at 'message.android.notification.click_action'",
+            )],
+        ),
     ]))
     .await;
     let sa = service_account(dir.path(), &fcm);
@@ -263,6 +284,8 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
         ("42", vec!["tok-42-phone", "tok-42-old"]),
         ("43", vec!["tok-43"]),
         ("44", vec!["tok-44"]),
+        ("45", vec!["tok-45"]),
+        ("46", vec!["tok-46"]),
     ] {
         let r = put(
             &api,
@@ -291,7 +314,7 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
 
     let order =
         json!({"order_id": "123", "room_number": "101", "total_price": 45.99, "status": "pending"});
-    for staff in ["42", "43", "44"] {
+    for staff in ["42", "43", "44", "45", "46"] {
         let r = api
             .trigger(
                 &format!("grand-hotel-staff-{staff}-porter"),
@@ -324,9 +347,20 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
         .unwrap()
         .len();
     assert_eq!(attempts, 2, "429 then success: {d44:?}");
+    let d45 = settled(&api, "45", 2, 15).await;
+    assert_eq!(state_of(&d45, "fcm").0, "sent", "503 then success: {d45:?}");
+    let d46 = settled(&api, "46", 2, 15).await;
+    let (state, reason) = state_of(&d46, "fcm");
+    assert_eq!(state, "failed", "{d46:?}");
+    assert!(reason.contains("INVALID_ARGUMENT"), "{reason}");
+    let dev46 = api.get("/users/46", &[]).await;
+    assert_eq!(
+        dev46.body["devices"][0]["active"], true,
+        "a bad payload is not the token's fault"
+    );
 
     // Exactly what FCM received: one push per live device of the disconnected porters.
-    let sends = fcm.wait_for("/v1/", 4, 5).await;
+    let sends = fcm.wait_for("/v1/", 7, 5).await;
     let mut by_token: HashMap<String, Vec<Value>> = HashMap::new();
     for s in &sends {
         let b: Value = serde_json::from_str(&s.body).unwrap();
@@ -342,6 +376,12 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
     assert_eq!(by_token["tok-42-phone"].len(), 1);
     assert_eq!(by_token["tok-42-old"].len(), 1);
     assert_eq!(by_token["tok-44"].len(), 2);
+    assert_eq!(by_token["tok-45"].len(), 2);
+    assert_eq!(
+        by_token["tok-46"].len(),
+        1,
+        "a rejected payload is not sent again"
+    );
     let m = &by_token["tok-42-phone"][0]["message"];
     assert_eq!(
         m["notification"],
