@@ -45,6 +45,7 @@ pub struct App {
     pub fcm: Option<Arc<crate::delivery::fcm::Fcm>>,
     pub mailer: Option<Arc<crate::delivery::email::Mailer>>,
     pub sms: Option<Arc<crate::delivery::sms::Sms>>,
+    pub whatsapp: Option<Arc<crate::delivery::whatsapp::Whatsapp>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,8 @@ pub enum AppError {
     Email(#[from] crate::delivery::email::EmailSetupError),
     #[error(transparent)]
     Sms(#[from] crate::delivery::sms::SmsSetupError),
+    #[error(transparent)]
+    Whatsapp(#[from] crate::delivery::whatsapp::WhatsappSetupError),
     #[error(transparent)]
     EventWebhook(#[from] crate::delivery::event_webhooks::SubscriptionError),
 }
@@ -127,11 +130,18 @@ impl App {
             .map(crate::delivery::sms::Sms::new)
             .transpose()?
             .map(Arc::new);
+        let whatsapp = c
+            .whatsapp
+            .as_ref()
+            .map(crate::delivery::whatsapp::Whatsapp::new)
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
             rules: Arc::new(rules),
             fcm,
             mailer,
             sms,
+            whatsapp,
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),

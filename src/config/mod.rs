@@ -237,6 +237,8 @@ pub struct AppConfig {
     pub email: Option<crate::delivery::email::EmailConfig>,
     #[serde(default)]
     pub sms: Option<crate::delivery::sms::SmsConfig>,
+    #[serde(default)]
+    pub whatsapp: Option<crate::delivery::whatsapp::WhatsappConfig>,
     /// Business-event webhooks, signed with Standard Webhooks headers.
     #[serde(default)]
     pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
@@ -302,6 +304,7 @@ impl AppConfig {
             fcm: None,
             email: None,
             sms: None,
+            whatsapp: None,
             event_webhooks: Vec::new(),
         }
     }

@@ -22,6 +22,7 @@ use super::records::{DeliveryRow, NewDelivery, NewInboxItem, NewNotification, JO
 use super::rules::{self, ChannelKind, Condition, Deliver, Priority, Recipient, Rule};
 use super::sms::{self, SmsResult};
 use super::templates::{for_locale, render, render_content, TemplateError};
+use super::whatsapp::{self, WhatsappResult};
 use crate::apps::{App, AppDirectory};
 use crate::channel::messages::Publish;
 use crate::channel::{ChannelKey, ChannelRegistry};
@@ -716,6 +717,58 @@ impl Engine {
                         reason: format!("ambiguous, sending again: {reason}"),
                     },
                     SmsResult::Ambiguous(r) => Step::Ambiguous(r),
+                })
+            }
+            ChannelKind::Whatsapp => {
+                let Some(wa) = app.whatsapp.clone() else {
+                    return Ok(Step::Failed("the app has no WhatsApp configured".into()));
+                };
+                let number = profile
+                    .as_ref()
+                    .and_then(|p| p.whatsapp.clone().or_else(|| p.phone.clone()))
+                    .or_else(|| row.address.clone());
+                let Some(number) = number else {
+                    return Ok(Step::Skipped("no WhatsApp number".into()));
+                };
+                let to = match sms::normalize(&number, wa.default_region()) {
+                    Ok(n) => n,
+                    Err(reason) => return Ok(Step::Skipped(reason)),
+                };
+                let message = match &spec.whatsapp_template {
+                    Some(t) => {
+                        let mut params = Vec::with_capacity(t.params.len());
+                        for p in &t.params {
+                            match render("whatsapp_template.params", p, &ctx, false) {
+                                Ok(v) => params.push(v),
+                                Err(e) => return Ok(Step::Failed(e.to_string())),
+                            }
+                        }
+                        whatsapp::Message::Template {
+                            name: &t.name,
+                            language: &t.language,
+                            params,
+                        }
+                    }
+                    None => whatsapp::Message::Text(&rendered.body),
+                };
+                Ok(match wa.send(&to, message).await {
+                    WhatsappResult::Sent(id) => {
+                        self.store
+                            .set_delivery_state(row.id, "pending", None, Some(&id))
+                            .await?;
+                        Step::Sent(format!("to {to}"))
+                    }
+                    WhatsappResult::WindowClosed(r) => Step::Failed(format!(
+                        "the 24-hour window is closed; a template is needed ({r})"
+                    )),
+                    WhatsappResult::BadRecipient(r) => Step::Skipped(r),
+                    WhatsappResult::Retry { after, reason } => Step::Retry { after, reason },
+                    WhatsappResult::Rejected(r) => Step::Failed(r),
+                    WhatsappResult::Ambiguous(reason) if spec.resend_ambiguous => Step::Retry {
+                        after: None,
+                        reason: format!("ambiguous, sending again: {reason}"),
+                    },
+                    WhatsappResult::Ambiguous(r) => Step::Ambiguous(r),
                 })
             }
             ChannelKind::Email => {

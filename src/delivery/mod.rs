@@ -14,5 +14,6 @@ pub mod records;
 pub mod rules;
 pub mod sms;
 pub mod templates;
+pub mod whatsapp;
 
 pub use engine::{Direct, Engine, Triggered, INBOX_EVENT, UNREAD_EVENT};

@@ -21,6 +21,8 @@ pub enum ChannelKind {
     Email,
     /// Twilio or Africa's Talking.
     Sms,
+    /// Meta Cloud API or Twilio.
+    Whatsapp,
 }
 
 impl ChannelKind {
@@ -30,6 +32,7 @@ impl ChannelKind {
             Self::Fcm => "fcm",
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Whatsapp => "whatsapp",
         }
     }
 }
@@ -109,9 +112,13 @@ pub struct Deliver {
     /// Email: a QR code (PNG) of this template's text, e.g. `{{ booking_id }}`.
     #[serde(default)]
     pub attach_qr: Option<String>,
-    /// SMS: send again after a timeout that may have been a send (default: no).
+    /// SMS and WhatsApp: send again after a timeout that may have been a send (default: no).
     #[serde(default)]
     pub resend_ambiguous: bool,
+    /// WhatsApp: an approved template (needed outside the 24-hour window); without it the
+    /// `body` goes as free-form text.
+    #[serde(default)]
+    pub whatsapp_template: Option<super::whatsapp::TemplateSpec>,
 }
 
 impl Deliver {
@@ -514,6 +521,7 @@ mod tests {
                 attach_ics: None,
                 attach_qr: None,
                 resend_ambiguous: false,
+                whatsapp_template: None,
             }],
             idempotency_key: None,
             schedule: None,

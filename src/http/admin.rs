@@ -174,7 +174,12 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
     if let Some(p) = v.pointer_mut("/email/password").filter(|p| !p.is_null()) {
         *p = MASK.into();
     }
-    for path in ["/sms/auth_token", "/sms/api_key"] {
+    for path in [
+        "/sms/auth_token",
+        "/sms/api_key",
+        "/whatsapp/access_token",
+        "/whatsapp/auth_token",
+    ] {
         if let Some(p) = v.pointer_mut(path).filter(|p| !p.is_null()) {
             *p = MASK.into();
         }

@@ -1,8 +1,10 @@
-//! SMS as the providers expect it: Twilio's Messages API (Basic auth with the account SID and
-//! token, form fields) and Africa's Talking (apiKey header, username, per-recipient status),
-//! against local servers that check the exact request and answer with each provider's real
-//! bodies; numbers normalised to E.164 with the app's region; an invalid number or an
-//! unsubscribed recipient is a skip; a timeout after sending is ambiguous and not re-sent.
+//! SMS and WhatsApp as the providers expect them: Twilio's Messages API (Basic auth with the
+//! account SID and token, form fields; `whatsapp:` addresses and content templates), Africa's
+//! Talking (apiKey header, username, per-recipient status) and Meta's Cloud API (Bearer token,
+//! template JSON), against local servers that check the exact request and answer with each
+//! provider's real bodies; numbers normalised to E.164 with the app's region; an invalid
+//! number or an unsubscribed recipient is a skip; a timeout after sending is ambiguous and not
+//! re-sent; free-form WhatsApp text outside the 24-hour window is reported as such.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -221,4 +223,141 @@ async fn africas_talking_gets_its_form_and_a_timeout_is_ambiguous_not_resent() {
     );
     let attempts: &Value = &s2[0]["attempts"];
     assert_eq!(attempts.as_array().unwrap().len(), 1);
+}
+
+fn whatsapp_rules(wa_toml: &str) -> String {
+    format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+{wa_toml}
+[[apps.rules]]
+name = 'wa-confirmed'
+channel = 'venue-bookings'
+event = 'booking.confirmed'
+type = 'WHATSAPP_CONFIRMATION'
+recipients = [{{ users_field = 'customer_id' }}]
+
+[[apps.rules.deliver]]
+channel = 'whatsapp'
+whatsapp_template = {{ name = 'booking_confirmation', language = 'en_US', params = ['{{{{ customerName }}}}', '{{{{ showTitle }}}}', '{{{{ eventDate }}}}'] }}
+
+[[apps.rules]]
+name = 'wa-chat'
+channel = 'venue-chat'
+event = 'reply'
+type = 'CHAT'
+recipients = [{{ users_field = 'customer_id' }}]
+
+[[apps.rules.deliver]]
+channel = 'whatsapp'
+body = '{{{{ text }}}}'
+"#
+    )
+}
+
+#[tokio::test]
+async fn whatsapp_templates_go_to_meta_and_free_text_outside_the_window_is_reported() {
+    let meta = Mock::start(|req| {
+        if req.path != "/v21.0/1122334455/messages"
+            || req.headers.get("authorization").map(String::as_str) != Some("Bearer EAAG-test-token")
+        {
+            return Response::json(401, json!({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190, "fbtrace_id": "x"}}));
+        }
+        let b: Value = serde_json::from_str(&req.body).unwrap();
+        match b["type"].as_str() {
+            Some("template") => Response::json(200, json!({"messaging_product": "whatsapp",
+                "contacts": [{"input": b["to"], "wa_id": b["to"]}],
+                "messages": [{"id": "wamid.HBgMOTY2NTAxMjM0NTY3FQIAERgS"}]})),
+            _ => Response::json(400, json!({"error": {"message": "(#131047) Re-engagement message",
+                "type": "OAuthException", "code": 131047, "error_data": {"messaging_product": "whatsapp",
+                "details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."},
+                "fbtrace_id": "y"}})),
+        }
+    })
+    .await;
+    let wa = format!(
+        "[apps.whatsapp]\nprovider = 'meta'\ndefault_region = 'SA'\nphone_number_id = '1122334455'\naccess_token = 'EAAG-test-token'\nbase_url = '{}'\n",
+        meta.url("")
+    );
+    let server = Setup::default().toml(&whatsapp_rules(&wa)).start();
+    let api = Api::new(&server);
+    put(&api, "/users/v1", json!({"whatsapp": "050 123 4567"})).await;
+    let b = json!({"customer_id": "v1", "customerName": "Noura", "showTitle": "Gala", "eventDate": "24 Dec"});
+    api.trigger("venue-bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let chat = json!({"customer_id": "v1", "text": "Your table is ready"});
+    api.trigger("venue-chat", "reply", &chat.to_string()).await;
+    let ds = settled(&api, "v1", 2, 15).await;
+    let sent = ds
+        .iter()
+        .find(|d| d["state"] == "sent")
+        .expect("the template was sent");
+    assert_eq!(sent["reason"], "to +966501234567");
+    let closed = ds
+        .iter()
+        .find(|d| d["state"] == "failed")
+        .expect("the text was refused");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the 24-hour window is closed"),
+        "{closed}"
+    );
+    let reqs = meta.requests();
+    let template: Value = reqs
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+        .find(|b| b["type"] == "template")
+        .unwrap();
+    assert_eq!(
+        template,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "966501234567",
+            "type": "template", "template": {"name": "booking_confirmation", "language": {"code": "en_US"},
+            "components": [{"type": "body", "parameters": [
+                {"type": "text", "text": "Noura"}, {"type": "text", "text": "Gala"}, {"type": "text", "text": "24 Dec"}]}]}})
+    );
+}
+
+#[tokio::test]
+async fn twilio_whatsapp_uses_whatsapp_addresses_and_content_variables() {
+    let twilio = Mock::start(|req| {
+        let f = form(&req.body);
+        assert_eq!(f["From"], "whatsapp:+14155238886");
+        assert_eq!(f["To"], "whatsapp:+254712345678");
+        assert_eq!(f["ContentSid"], "HXb5b62575e6e4ff6129ad7c8efe1f983e");
+        let vars: Value = serde_json::from_str(&f["ContentVariables"]).unwrap();
+        assert_eq!(
+            vars,
+            json!({"1": "Amina", "2": "Jazz night", "3": "Fri 20:00"})
+        );
+        Response::json(
+            201,
+            json!({"sid": "SM00000000000000000000000000000002", "status": "queued"}),
+        )
+    })
+    .await;
+    let wa = format!(
+        "[apps.whatsapp]\nprovider = 'twilio'\ndefault_region = 'KE'\naccount_sid = '{SID}'\nauth_token = '{TOKEN}'\nfrom = '+14155238886'\nbase_url = '{}'\n",
+        twilio.url("")
+    );
+    let rules = whatsapp_rules(&wa).replace(
+        "name = 'booking_confirmation'",
+        "name = 'HXb5b62575e6e4ff6129ad7c8efe1f983e'",
+    );
+    let server = Setup::default().toml(&rules).start();
+    let api = Api::new(&server);
+    put(&api, "/users/k1", json!({"phone": "0712 345 678"})).await;
+    let b = json!({"customer_id": "k1", "customerName": "Amina", "showTitle": "Jazz night", "eventDate": "Fri 20:00"});
+    api.trigger("venue-bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let ds = settled(&api, "k1", 1, 15).await;
+    assert_eq!(
+        state_of(&ds, "whatsapp"),
+        ("sent".into(), "to +254712345678".into())
+    );
+    assert_eq!(twilio.requests().len(), 1);
 }
