@@ -165,24 +165,26 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
     take_budget(state, app, frames.len() as u64).await?;
     // Notifications the rules make of these events are accepted (committed) first: a 200
     // means they will be delivered, and a store failure publishes nothing.
-    let triggered: Vec<Triggered<'_>> = events
-        .iter()
-        .flat_map(|e| {
-            e.channels.iter().map(|c| Triggered {
-                channel: c,
-                name: &e.name,
-                data: &e.data,
+    if !app.rules.is_empty() || !app.config.event_webhooks.is_empty() {
+        let triggered: Vec<Triggered<'_>> = events
+            .iter()
+            .flat_map(|e| {
+                e.channels.iter().map(|c| Triggered {
+                    channel: c,
+                    name: &e.name,
+                    data: &e.data,
+                })
             })
-        })
-        .collect();
-    state
-        .delivery
-        .accept_events(app, &triggered)
-        .await
-        .map_err(|e| {
-            tracing::warn!(app_id = %app.id, error = %e, "trigger refused: notifications could not be accepted");
-            ApiError::Unavailable("the store is unavailable; nothing was published".into())
-        })?;
+            .collect();
+        state
+            .delivery
+            .accept_events(app, &triggered)
+            .await
+            .map_err(|e| {
+                tracing::warn!(app_id = %app.id, error = %e, "trigger refused: notifications could not be accepted");
+                ApiError::Unavailable("the store is unavailable; nothing was published".into())
+            })?;
+    }
     if !state.bus.alone() {
         let envelopes = frames
             .iter()
