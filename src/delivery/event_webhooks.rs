@@ -16,7 +16,7 @@ use crate::apps::AppDirectory;
 use crate::jobs::retry::Schedule;
 use crate::jobs::{Attempt, Claimed, Handler, NewJob, Verdict};
 use crate::store::{now_ms, Store, StoreError};
-use crate::webhooks::sender::{read_prefix, truncate, without_url};
+use crate::webhooks::sender::send_classified;
 
 pub const KIND: &str = "event_webhook";
 const EXPIRY_MS: i64 = 24 * 3600 * 1000;
@@ -196,36 +196,7 @@ impl EventWebhookSender {
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
             .body(p.body);
-        match req.send().await {
-            Err(e) => Attempt {
-                verdict: Verdict::Retry { retry_after: None },
-                http_status: None,
-                detail: if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    format!("request failed: {}", without_url(&e))
-                },
-            },
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| Duration::from_secs(s.min(3600)));
-                let text = read_prefix(resp, 512).await;
-                Attempt {
-                    verdict: match status {
-                        200..=299 => Verdict::Done,
-                        408 | 429 | 500..=599 => Verdict::Retry { retry_after },
-                        _ => Verdict::Permanent,
-                    },
-                    http_status: Some(status),
-                    detail: format!("HTTP {status}: {}", truncate(&text, 200)),
-                }
-            }
-        }
+        send_classified(req).await
     }
 }
 

@@ -241,6 +241,39 @@ pub fn classify_africastalking(
     }
 }
 
+/// Sends a provider request and reads its answer. A failure before anything reached the
+/// provider may be retried; one after the request went out (a timeout, a cut connection or
+/// answer) is ambiguous: the message may have been sent.
+pub(crate) async fn exchange(
+    req: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, String), SmsResult> {
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            return Err(SmsResult::Retry {
+                after: None,
+                reason: "the provider could not be reached".into(),
+            })
+        }
+        Err(e) if e.is_timeout() => {
+            return Err(SmsResult::Ambiguous(
+                "no answer within the timeout; the message may have been sent".into(),
+            ))
+        }
+        Err(_) => {
+            return Err(SmsResult::Ambiguous(
+                "the connection failed after the request was sent".into(),
+            ))
+        }
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    match resp.text().await {
+        Ok(t) => Ok((status, headers, t)),
+        Err(_) => Err(SmsResult::Ambiguous("the answer was cut off".into())),
+    }
+}
+
 impl Sms {
     pub fn new(config: &SmsConfig) -> Result<Self, SmsSetupError> {
         config.validate()?;
@@ -307,31 +340,9 @@ impl Sms {
                     .form(&form)
             }
         };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            // Nothing reached the provider: safe to try again.
-            Err(e) if e.is_connect() => {
-                return SmsResult::Retry {
-                    after: None,
-                    reason: "the provider could not be reached".into(),
-                }
-            }
-            Err(e) if e.is_timeout() => {
-                return SmsResult::Ambiguous(
-                    "no answer within the timeout; the message may have been sent".into(),
-                )
-            }
-            Err(_) => {
-                return SmsResult::Ambiguous(
-                    "the connection failed after the request was sent".into(),
-                )
-            }
-        };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = match resp.text().await {
-            Ok(t) => t,
-            Err(_) => return SmsResult::Ambiguous("the answer was cut off".into()),
+        let (status, headers, text) = match exchange(req).await {
+            Ok(answer) => answer,
+            Err(failed) => return failed,
         };
         match c.provider {
             Provider::Twilio => classify_twilio(status, &headers, &text),

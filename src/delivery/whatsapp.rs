@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::sms::{classify_twilio, SmsResult};
+use super::sms::{classify_twilio, exchange, SmsResult};
 
 const META: &str = "https://graph.facebook.com";
 const TWILIO: &str = "https://api.twilio.com";
@@ -117,6 +117,18 @@ pub enum WhatsappResult {
     },
     Rejected(String),
     Ambiguous(String),
+}
+
+impl From<SmsResult> for WhatsappResult {
+    fn from(r: SmsResult) -> Self {
+        match r {
+            SmsResult::Sent(id) => Self::Sent(id),
+            SmsResult::BadRecipient(r) => Self::BadRecipient(r),
+            SmsResult::Retry { after, reason } => Self::Retry { after, reason },
+            SmsResult::Rejected(r) => Self::Rejected(r),
+            SmsResult::Ambiguous(r) => Self::Ambiguous(r),
+        }
+    }
 }
 
 pub fn classify_meta(
@@ -277,24 +289,9 @@ impl Whatsapp {
                     .form(&form)
             }
         };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return WhatsappResult::Retry {
-                    after: None,
-                    reason: "the provider could not be reached".into(),
-                }
-            }
-            Err(_) => {
-                return WhatsappResult::Ambiguous(
-                    "no answer after the request was sent; the message may have been sent".into(),
-                )
-            }
-        };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let Ok(text) = resp.text().await else {
-            return WhatsappResult::Ambiguous("the answer was cut off".into());
+        let (status, headers, text) = match exchange(req).await {
+            Ok(answer) => answer,
+            Err(failed) => return failed.into(),
         };
         match c.provider {
             Provider::Meta => classify_meta(status, &headers, &text),
@@ -306,13 +303,7 @@ impl Whatsapp {
                 if code == Some(63016) {
                     return WhatsappResult::WindowClosed(format!("{status} Twilio 63016: {text}"));
                 }
-                match classify_twilio(status, &headers, &text) {
-                    SmsResult::Sent(id) => WhatsappResult::Sent(id),
-                    SmsResult::BadRecipient(r) => WhatsappResult::BadRecipient(r),
-                    SmsResult::Retry { after, reason } => WhatsappResult::Retry { after, reason },
-                    SmsResult::Rejected(r) => WhatsappResult::Rejected(r),
-                    SmsResult::Ambiguous(r) => WhatsappResult::Ambiguous(r),
-                }
+                classify_twilio(status, &headers, &text).into()
             }
         }
     }

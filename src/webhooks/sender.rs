@@ -74,42 +74,48 @@ impl WebhookSender {
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        match req.send().await {
-            Err(e) => Attempt {
-                verdict: Verdict::Retry { retry_after: None },
-                http_status: None,
-                detail: if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    format!("request failed: {}", without_url(&e))
-                },
+        send_classified(req).await
+    }
+}
+
+/// Sends a webhook and classifies the answer: 2xx done; 408, 429, 5xx, timeouts and network
+/// errors retried (honouring `Retry-After`); other 4xx permanent.
+pub(crate) async fn send_classified(req: reqwest::RequestBuilder) -> Attempt {
+    match req.send().await {
+        Err(e) => Attempt {
+            verdict: Verdict::Retry { retry_after: None },
+            http_status: None,
+            detail: if e.is_timeout() {
+                "timed out".into()
+            } else {
+                format!("request failed: {}", without_url(&e))
             },
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| Duration::from_secs(s.min(3600)));
-                let text = read_prefix(resp, 512).await;
-                let detail = format!("HTTP {status}: {}", truncate(&text, 200));
-                let verdict = match status {
-                    200..=299 => Verdict::Done,
-                    408 | 429 | 500..=599 => Verdict::Retry { retry_after },
-                    _ => Verdict::Permanent,
-                };
-                Attempt {
-                    verdict,
-                    http_status: Some(status),
-                    detail,
-                }
+        },
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(3600)));
+            let text = read_prefix(resp, 512).await;
+            let detail = format!("HTTP {status}: {}", truncate(&text, 200));
+            let verdict = match status {
+                200..=299 => Verdict::Done,
+                408 | 429 | 500..=599 => Verdict::Retry { retry_after },
+                _ => Verdict::Permanent,
+            };
+            Attempt {
+                verdict,
+                http_status: Some(status),
+                detail,
             }
         }
     }
 }
 
-pub(crate) fn without_url(e: &reqwest::Error) -> String {
+fn without_url(e: &reqwest::Error) -> String {
     // The URL may carry credentials in its query; the kind of failure is what matters.
     let mut s = e.to_string();
     if let Some(u) = e.url() {
@@ -119,7 +125,7 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
 }
 
 /// At most `limit` bytes of a response body: a receiver cannot make us buffer megabytes.
-pub(crate) async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
     let mut buf = Vec::new();
     while buf.len() < limit {
         match resp.chunk().await {
@@ -130,7 +136,7 @@ pub(crate) async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> St
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
+fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
