@@ -64,12 +64,15 @@ CREATE TABLE deliveries (
     job_id BIGINT,
     run_at BIGINT NOT NULL,
     provider_id TEXT,
+    -- What the provider reported later (status callbacks): delivered, read, undelivered, …
+    provider_status TEXT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     UNIQUE (app_id, idempotency_key)
 );
 CREATE INDEX deliveries_notification ON deliveries (notification_id);
 CREATE INDEX deliveries_schedule ON deliveries (app_id, schedule_key);
+CREATE INDEX deliveries_provider ON deliveries (app_id, provider_id);
 
 -- The in-app inbox: one item per in-app delivery.
 CREATE TABLE inbox_items (

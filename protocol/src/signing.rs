@@ -5,6 +5,7 @@
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::ids::{AppKey, Secret, SocketId};
 
@@ -209,6 +210,46 @@ pub fn signed_query(
 }
 
 /// `X-Pusher-Signature` of a webhook body.
+/// Twilio's `X-Twilio-Signature`: base64 of HMAC-SHA1 (keyed with the auth token) over the
+/// full URL Twilio called followed by every POST parameter's name and value, sorted by name.
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    use base64::Engine;
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    // unwrap: HMAC takes keys of any length.
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap();
+    m.update(url.as_bytes());
+    for (k, v) in sorted {
+        m.update(k.as_bytes());
+        m.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}
+
+/// Checks `X-Twilio-Signature` in constant time.
+pub fn verify_twilio(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    given: &str,
+) -> bool {
+    let want = twilio_signature(auth_token, url, params);
+    want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// Checks Meta's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` in constant time.
+pub fn verify_hub_signature(app_secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(given) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    // unwrap: HMAC takes keys of any length.
+    let mut m = HmacSha256::new_from_slice(app_secret.as_bytes()).unwrap();
+    m.update(body);
+    let want = hex::encode(m.finalize().into_bytes());
+    want.len() == given.len()
+        && bool::from(want.as_bytes().ct_eq(given.to_ascii_lowercase().as_bytes()))
+}
+
 /// A Standard Webhooks secret (`whsec_` + base64) as the key bytes it stands for.
 pub fn standard_webhook_key(secret: &str) -> Option<Vec<u8>> {
     use base64::Engine;
@@ -241,6 +282,48 @@ pub fn sign_webhook(secret: &Secret, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twilio_docs_example_signature() {
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        assert_eq!(
+            twilio_signature("12345", url, &params),
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        );
+        assert!(verify_twilio(
+            "12345",
+            url,
+            &params,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
+        assert!(!verify_twilio(
+            "12346",
+            url,
+            &params,
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
+    }
+
+    #[test]
+    fn meta_hub_signatures() {
+        let body = br#"{"object":"whatsapp_business_account"}"#;
+        let mut m = HmacSha256::new_from_slice(b"app-secret").unwrap();
+        m.update(body);
+        let good = format!("sha256={}", hex::encode(m.finalize().into_bytes()));
+        assert!(verify_hub_signature("app-secret", body, &good));
+        assert!(!verify_hub_signature("other", body, &good));
+        assert!(!verify_hub_signature("app-secret", body, "sha1=00"));
+    }
 
     #[test]
     fn standard_webhooks_example_signature() {

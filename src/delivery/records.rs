@@ -112,6 +112,9 @@ pub struct DeliveryView {
     pub job_id: Option<i64>,
     pub run_at: i64,
     pub updated_at: i64,
+    /// What the provider reported later (status callbacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
     pub attempts: Vec<crate::jobs::AttemptRow>,
 }
 
@@ -486,6 +489,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Records what a provider later reported of the message it acknowledged as
+    /// `provider_id`; returns whether a delivery had that id.
+    pub async fn record_provider_status(
+        &self,
+        app: &str,
+        provider_id: &str,
+        status: &str,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET provider_status = $1, updated_at = $2 WHERE app_id = $3 \
+             AND provider_id = $4",
+        )
+        .bind(status)
+        .bind(now_ms())
+        .bind(app)
+        .bind(provider_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {
         let row = sqlx::query(
             "SELECT d.id, d.notification_id, d.app_id, d.channel, d.state, d.spec, d.provider_id, \
@@ -575,8 +600,8 @@ impl Store {
 
     pub async fn deliveries_of(&self, notification: i64) -> Result<Vec<DeliveryView>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, channel, state, reason, idempotency_key, job_id, run_at, updated_at \
-             FROM deliveries WHERE notification_id = $1 ORDER BY id",
+            "SELECT id, channel, state, reason, idempotency_key, job_id, run_at, updated_at, \
+             provider_status FROM deliveries WHERE notification_id = $1 ORDER BY id",
         )
         .bind(notification)
         .fetch_all(&self.pool)
@@ -597,6 +622,7 @@ impl Store {
                 job_id,
                 run_at: r.try_get("run_at")?,
                 updated_at: r.try_get("updated_at")?,
+                provider_status: opt(&r, "provider_status")?,
                 attempts,
             });
         }

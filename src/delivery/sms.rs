@@ -53,6 +53,10 @@ pub struct SmsConfig {
     pub base_url: Option<String>,
     #[serde(default = "d_timeout")]
     pub timeout_secs: u64,
+    /// Twilio: the public URL of this app's `/callbacks/{app_id}/twilio` endpoint; when set,
+    /// every message asks Twilio to report its status there (signature checked).
+    #[serde(default)]
+    pub status_callback_url: Option<String>,
 }
 
 fn d_timeout() -> u64 {
@@ -317,6 +321,9 @@ impl Sms {
                     (None, Some(f)) => form.push(("From", f)),
                     (None, None) => {}
                 }
+                if let Some(cb) = &c.status_callback_url {
+                    form.push(("StatusCallback", cb));
+                }
                 self.http
                     .post(url)
                     .basic_auth(sid, c.auth_token.as_deref())
@@ -390,6 +397,7 @@ mod tests {
             from: Some("+15005550006".into()),
             base_url: None,
             timeout_secs: 15,
+            status_callback_url: None,
         };
         assert!(c.validate().is_ok());
         c.account_sid = Some("AC123".into());

@@ -48,6 +48,15 @@ pub struct WhatsappConfig {
     pub base_url: Option<String>,
     #[serde(default = "d_timeout")]
     pub timeout_secs: u64,
+    /// Meta: the app secret that signs status webhooks (`X-Hub-Signature-256`) and the token
+    /// its subscription check must echo.
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    #[serde(default)]
+    pub verify_token: Option<String>,
+    /// Twilio: the public URL of `/callbacks/{app_id}/twilio` for status reports.
+    #[serde(default)]
+    pub status_callback_url: Option<String>,
 }
 
 fn d_version() -> String {
@@ -282,6 +291,9 @@ impl Whatsapp {
                         form.push(("ContentVariables", json!(vars).to_string()));
                     }
                     Message::Text(text) => form.push(("Body", (*text).to_owned())),
+                }
+                if let Some(cb) = &c.status_callback_url {
+                    form.push(("StatusCallback", cb.clone()));
                 }
                 self.http
                     .post(url)

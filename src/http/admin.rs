@@ -179,6 +179,8 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
         "/sms/api_key",
         "/whatsapp/access_token",
         "/whatsapp/auth_token",
+        "/whatsapp/app_secret",
+        "/whatsapp/verify_token",
     ] {
         if let Some(p) = v.pointer_mut(path).filter(|p| !p.is_null()) {
             *p = MASK.into();

@@ -83,6 +83,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(api::inbox::delete),
         )
         .route(
+            "/callbacks/{app_id}/twilio",
+            web::post().to(api::provider_callbacks::twilio),
+        )
+        .route(
+            "/callbacks/{app_id}/meta",
+            web::get().to(api::provider_callbacks::meta_verify),
+        )
+        .route(
+            "/callbacks/{app_id}/meta",
+            web::post().to(api::provider_callbacks::meta),
+        )
+        .route(
             "/client/{key}/inbox",
             web::get().to(api::client_inbox::list),
         )

@@ -23,26 +23,16 @@ import base64
 import datetime as dt
 import email
 import email.policy
-import hashlib
-import hmac
 import ipaddress
 import json
 import os
 import queue
-import re
 import secrets
-import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 try:
@@ -57,10 +47,12 @@ except ImportError as e:  # pragma: no cover
     sys.exit(f"missing a package ({e}): "
              "python3 -m pip install aiosmtpd standardwebhooks pusher cryptography")
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tests/examples/common.py, what hotelmate.py shares)
+from common import ROOT, WAIT, Bellhop, Checks, Fatal, log, wait_until  # noqa: E402
+
 SMTP_SERVER = ROOT / "tests" / "smtp" / "server.py"
 CONFIG_TEMPLATE = ROOT / "examples" / "booking" / "bellhop.toml"
-DEFAULT_BIN = "/var/tmp/bellhop-ci-target/debug/bellhop"
 
 # Must match examples/booking/bellhop.toml.
 APP_ID = "2001"
@@ -74,61 +66,11 @@ UID_DOMAIN = "acme-bookings.example"
 # tests/smtp/server.py's credentials.
 SMTP_USER, SMTP_PASSWORD = "bellhop", "secret"
 
-WAIT = 15.0  # the bound of every wait, seconds
 DAY_MS = 1440 * 60_000
 HOUR_MS = 60 * 60_000
 
 # The booking's team member, a directory user (an account on the platform).
 TEAM_MEMBER = {"id": 7, "display_name": "Maeve Walsh", "email": "maeve@acme-bookings.example"}
-
-
-class Fatal(Exception):
-    """A failure that makes the remaining checks meaningless."""
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# ----------------------------------------------------------------------------------------
-# Checks
-# ----------------------------------------------------------------------------------------
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed: list[str] = []
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        if ok:
-            self.passed += 1
-            log(f"ok    {name}")
-        else:
-            self.failed.append(name)
-            log(f"FAIL  {name}")
-            if detail:
-                for line in detail.splitlines():
-                    log(f"        {line}")
-        return ok
-
-    def equal(self, name: str, got, want) -> bool:
-        return self.check(
-            name,
-            got == want,
-            f"expected: {json.dumps(want, ensure_ascii=False, sort_keys=True, default=str)}\n"
-            f"got:      {json.dumps(got, ensure_ascii=False, sort_keys=True, default=str)}",
-        )
-
-
-def wait_until(fn, timeout: float = WAIT, every: float = 0.1):
-    """Calls fn until it returns something truthy or timeout passes; returns the last value."""
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(every)
 
 
 def free_port() -> int:
@@ -214,33 +156,24 @@ class Mail:
         return f"<mail {self.n} to {self.rcpt} {self.subject!r} at {self.arrived:.3f}>"
 
 
-class SmtpServer:
+class SmtpServer(common.Child):
     def __init__(self, tmp: Path) -> None:
         self.cert, self.key = tmp / "smtp-cert.pem", tmp / "smtp-key.pem"
         self.out = tmp / "mailbox"
         self.out.mkdir()
         self_signed(self.cert, self.key)
         self.port = free_port()
-        self.log_path = tmp / "smtp.log"
-        self.stderr = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, str(SMTP_SERVER), str(self.port), str(self.cert), str(self.key),
              str(self.out), "ok"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr,
-            start_new_session=True,
+            tmp / "smtp.log", "smtp-stdout",
         )
-        lines: queue.Queue = queue.Queue()
-
-        def read():
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace").strip())
-            lines.put(None)
-
-        threading.Thread(target=read, name="smtp-stdout", daemon=True).start()
         try:
-            first = lines.get(timeout=WAIT)
+            first = self.lines.get(timeout=WAIT)
         except queue.Empty:
             first = None
+        if first is not None:
+            first = first.strip()
         if first != "ready":
             self.stop()
             raise Fatal(f"tests/smtp/server.py did not print 'ready' within {WAIT:.0f}s "
@@ -268,16 +201,6 @@ class SmtpServer:
     def to(self, addr: str, subject_prefix: str = "") -> list[Mail]:
         return [m for m in self.messages() if addr in m.rcpt and m.subject.startswith(subject_prefix)]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.stderr.close()
-
 
 # ----------------------------------------------------------------------------------------
 # The webhook receiver (the CRM / automation side of the event bus)
@@ -294,10 +217,7 @@ class WebhookReceiver:
         self.requests: list[dict] = []
         rx = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(common.QuietHandler):
             def do_POST(self):
                 n = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(n)
@@ -317,19 +237,15 @@ class WebhookReceiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = common.serve(Handler, "webhooks")
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/bookings"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="webhooks", daemon=True)
-        self.thread.start()
 
     def received(self) -> list[dict]:
         with self.lock:
             return list(self.requests)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        common.stop_server(self.server)
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,94 +253,9 @@ class WebhookReceiver:
 # ----------------------------------------------------------------------------------------
 
 
-class Bellhop:
-    def __init__(self, binary: str, config: Path, data_dir: Path, log_path: Path) -> None:
-        env = dict(os.environ)
-        env.update({
-            "BELLHOP_CONFIG": str(config),
-            "BELLHOP_PORT": "0",
-            "BELLHOP_METRICS_PORT": "0",
-            "BELLHOP_DATA_DIR": str(data_dir),
-            "BELLHOP_LOG": "warn",
-        })
-        self.log_path = log_path
-        self.stderr = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [binary], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=self.stderr, start_new_session=True,
-        )
-        lines: queue.Queue = queue.Queue()
-
-        def read():
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace").rstrip("\n"))
-            lines.put(None)
-
-        threading.Thread(target=read, name="bellhop-stdout", daemon=True).start()
-        end = time.monotonic() + WAIT
-        self.base = None
-        while time.monotonic() < end:
-            try:
-                line = lines.get(timeout=max(0.05, end - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if line.startswith("listening http://"):
-                self.base = line.split(" ", 1)[1].strip()
-                break
-        if self.base is None:
-            self.stop()
-            raise Fatal(f"bellhop did not print 'listening http://…' within {WAIT:.0f}s "
-                        f"(exit code {self.proc.returncode}); its log:\n{self.log_tail()}")
-        self.port = int(self.base.rsplit(":", 1)[1])
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            if not self.stderr.closed:
-                self.stderr.flush()
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.stderr.close()
-
-
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def api(base: str, method: str, path: str, body=None, params: dict | None = None):
-    """A request to bellhop's HTTP API, signed as the Pusher HTTP API is: auth_key,
-    auth_timestamp, auth_version=1.0, body_md5 for a non-empty body, and auth_signature =
-    HMAC-SHA256 hex of "METHOD\\nPATH\\nsorted query" under the app secret."""
-    raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
-    q = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
-    q.update(params or {})
-    if raw:
-        q["body_md5"] = hashlib.md5(raw).hexdigest()
-    to_sign = f"{method}\n{path}\n" + "&".join(f"{k}={q[k]}" for k in sorted(q))
-    q["auth_signature"] = hmac.new(SECRET.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
-    req = urllib.request.Request(
-        f"{base}{path}?{urllib.parse.urlencode(q)}", data=raw if raw else None, method=method,
-        headers={"content-type": "application/json"} if raw else {},
-    )
-    try:
-        with _no_proxy.open(req, timeout=WAIT) as r:
-            status, text = r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode()
-    try:
-        return status, json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return status, text
+    """A request to bellhop's HTTP API, signed with this app's key and secret (common.api)."""
+    return common.api(KEY, SECRET, base, method, path, body, params)
 
 
 def reminders_of(base: str, user: str, booking_id: str) -> list[dict]:
@@ -439,29 +270,13 @@ def reminders_of(base: str, user: str, booking_id: str) -> list[dict]:
     return sorted(out, key=lambda d: d["id"])
 
 
-def render_config(template: str, values: dict[str, str]) -> str:
-    """Fills the `${NAME}` placeholders of the example config; each must be there."""
-    for name, value in values.items():
-        placeholder = "${" + name + "}"
-        if placeholder not in template:
-            raise Fatal(f"{CONFIG_TEMPLATE} has no {placeholder} placeholder")
-        if "'" in value or "\n" in value:  # the placeholders sit in TOML literal strings
-            raise Fatal(f"{name} cannot go in a TOML literal string: {value!r}")
-        template = template.replace(placeholder, value)
-    left = re.findall(r"\$\{[A-Z0-9_]+\}", template)
-    if left:
-        raise Fatal(f"{CONFIG_TEMPLATE} has placeholders the test does not fill: {left}")
-    return template
-
-
 # ----------------------------------------------------------------------------------------
 # The scenario
 # ----------------------------------------------------------------------------------------
 
 
 def run(c: Checks, tmp: Path, binary: str) -> None:
-    for var in ("NO_PROXY", "no_proxy"):  # the pusher SDK (requests) and bellhop (reqwest)
-        os.environ[var] = ",".join(filter(None, [os.environ.get(var), "127.0.0.1", "localhost"]))
+    common.no_proxy_for_localhost()
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     smtp = hooks = server = None
@@ -469,12 +284,12 @@ def run(c: Checks, tmp: Path, binary: str) -> None:
         smtp = SmtpServer(tmp)
         hooks = WebhookReceiver(secret)
         config = tmp / "bellhop.toml"
-        config.write_text(render_config(CONFIG_TEMPLATE.read_text(), {
+        config.write_text(common.render_config(CONFIG_TEMPLATE, {
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
             "SMTP_USERNAME": SMTP_USER, "SMTP_PASSWORD": SMTP_PASSWORD,
             "SMTP_CA_FILE": str(smtp.cert),
             "EVENT_WEBHOOK_URL": hooks.url, "EVENT_WEBHOOK_SECRET": secret,
-        }))
+        }, all_filled=True))
         (tmp / "data").mkdir()
         server = Bellhop(binary, config, tmp / "data", tmp / "bellhop.log")
         log(f"bellhop at {server.base}, SMTP (STARTTLS) at 127.0.0.1:{smtp.port}, "
@@ -779,31 +594,5 @@ def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellho
             f"ids: {ids}, paths: {[r['path'] for r in got_hooks]}")
 
 
-def main() -> int:
-    binary = os.environ.get("BELLHOP_BIN") or DEFAULT_BIN
-    c = Checks()
-    if not os.access(binary, os.X_OK):
-        c.check("the bellhop binary is there", False, f"{binary!r} is not executable (set BELLHOP_BIN)")
-        log(f"{c.passed} passed, {len(c.failed)} failed")
-        return 1
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with tempfile.TemporaryDirectory(prefix="bellhop-booking-") as tmp:
-        try:
-            run(c, Path(tmp), binary)
-        except Fatal as e:
-            c.check("the scenario ran to its end", False, str(e))
-        except KeyboardInterrupt as e:
-            c.check("the scenario ran to its end", False, f"interrupted ({e})")
-        except Exception as e:  # a crash is a failure with its reason, never a pass
-            import traceback
-            c.check("the scenario ran to its end", False, traceback.format_exc().rstrip() or repr(e))
-    log(f"{c.passed} passed, {len(c.failed)} failed")
-    return 1 if c.failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(run, "bellhop-booking-", Checks(json_default=str)))

@@ -18,21 +18,14 @@ Prints one line per check and, last, `N passed, M failed`; exits non-zero on any
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 try:
@@ -41,12 +34,14 @@ try:
 except ImportError as e:  # pragma: no cover
     sys.exit(f"missing a package ({e}): python3 -m pip install pyjwt cryptography pusher")
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tests/examples/common.py, what booking.py shares)
+from common import ROOT, WAIT, Bellhop, Checks, Fatal, log, wait_until  # noqa: E402
+
 FIXTURES = ROOT / "tests" / "fixtures"
 CONFIG_TEMPLATE = ROOT / "examples" / "hotelmate" / "bellhop.toml"
 STAFF_CLIENT = ROOT / "tests" / "examples" / "staff_client.mjs"
 SDK_MODULES = ROOT / "tests" / "sdk" / "node_modules"
-DEFAULT_BIN = "/var/tmp/bellhop-ci-target/debug/bellhop"
 
 # Must match examples/hotelmate/bellhop.toml.
 APP_ID = "1001"
@@ -59,7 +54,6 @@ KEY_ID = "test-key-1"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 HOTEL = "grand-hotel"
-WAIT = 15.0  # the bound of every wait, seconds
 
 # The staff: 41 writes in the staff chat; 42 (porter) and 44 (housekeeping) have the app
 # closed; 43 (porter) has it open.
@@ -70,55 +64,6 @@ STAFF = {
     "44": {"display_name": "Niamh Kelly", "email": "niamh@grand-hotel.example", "token": "tok-44-phone"},
 }
 CONNECTED = "43"
-
-
-class Fatal(Exception):
-    """A failure that makes the remaining checks meaningless."""
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# ----------------------------------------------------------------------------------------
-# Checks
-# ----------------------------------------------------------------------------------------
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed: list[str] = []
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        if ok:
-            self.passed += 1
-            log(f"ok    {name}")
-        else:
-            self.failed.append(name)
-            log(f"FAIL  {name}")
-            if detail:
-                for line in detail.splitlines():
-                    log(f"        {line}")
-        return ok
-
-    def equal(self, name: str, got, want) -> bool:
-        return self.check(
-            name,
-            got == want,
-            f"expected: {json.dumps(want, ensure_ascii=False, sort_keys=True)}\n"
-            f"got:      {json.dumps(got, ensure_ascii=False, sort_keys=True)}",
-        )
-
-
-def wait_until(fn, timeout: float = WAIT, every: float = 0.1):
-    """Calls fn until it returns something truthy or timeout passes; returns the last value."""
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(every)
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,10 +88,7 @@ class FakeFcm:
         self.sends: list[dict] = []  # every messages:send body, parsed
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(common.QuietHandler):
             def reply(self, status: int, body: dict) -> None:
                 raw = json.dumps(body).encode()
                 self.send_response(status)
@@ -164,16 +106,12 @@ class FakeFcm:
                     status, answer = 500, {"error": {"code": 500, "message": f"fake FCM: {e!r}"}}
                 self.reply(status, answer)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = common.serve(Handler, "fake-fcm")
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.token_url = self.url + "/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-fcm", daemon=True)
-        self.thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        common.stop_server(self.server)
 
     def handle(self, path: str, headers, body: bytes):
         if path == "/token":
@@ -257,94 +195,9 @@ class FakeFcm:
 # ----------------------------------------------------------------------------------------
 
 
-class Bellhop:
-    def __init__(self, binary: str, config: Path, data_dir: Path, log_path: Path) -> None:
-        env = dict(os.environ)
-        env.update({
-            "BELLHOP_CONFIG": str(config),
-            "BELLHOP_PORT": "0",
-            "BELLHOP_METRICS_PORT": "0",
-            "BELLHOP_DATA_DIR": str(data_dir),
-            "BELLHOP_LOG": "warn",
-        })
-        self.log_path = log_path
-        self.stderr = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [binary], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=self.stderr, start_new_session=True,
-        )
-        lines: queue.Queue = queue.Queue()
-
-        def read():
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace").rstrip("\n"))
-            lines.put(None)
-
-        threading.Thread(target=read, name="bellhop-stdout", daemon=True).start()
-        end = time.monotonic() + WAIT
-        self.base = None
-        while time.monotonic() < end:
-            try:
-                line = lines.get(timeout=max(0.05, end - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if line.startswith("listening http://"):
-                self.base = line.split(" ", 1)[1].strip()
-                break
-        if self.base is None:
-            self.stop()
-            raise Fatal(f"bellhop did not print 'listening http://…' within {WAIT:.0f}s "
-                        f"(exit code {self.proc.returncode}); its log:\n{self.log_tail()}")
-        self.port = int(self.base.rsplit(":", 1)[1])
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            if not self.stderr.closed:
-                self.stderr.flush()
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.stderr.close()
-
-
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def api(base: str, method: str, path: str, body=None, params: dict | None = None):
-    """A request to bellhop's HTTP API, signed as the Pusher HTTP API is: auth_key,
-    auth_timestamp, auth_version=1.0, body_md5 for a non-empty body, and auth_signature =
-    HMAC-SHA256 hex of "METHOD\\nPATH\\nsorted query" under the app secret."""
-    raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
-    q = {"auth_key": KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
-    q.update(params or {})
-    if raw:
-        q["body_md5"] = hashlib.md5(raw).hexdigest()
-    to_sign = f"{method}\n{path}\n" + "&".join(f"{k}={q[k]}" for k in sorted(q))
-    q["auth_signature"] = hmac.new(SECRET.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
-    req = urllib.request.Request(
-        f"{base}{path}?{urllib.parse.urlencode(q)}", data=raw if raw else None, method=method,
-        headers={"content-type": "application/json"} if raw else {},
-    )
-    try:
-        with _no_proxy.open(req, timeout=WAIT) as r:
-            status, text = r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode()
-    try:
-        return status, json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return status, text
+    """A request to bellhop's HTTP API, signed with this app's key and secret (common.api)."""
+    return common.api(KEY, SECRET, base, method, path, body, params)
 
 
 def deliveries(base: str, user: str, rule: str) -> list[dict]:
@@ -464,12 +317,7 @@ class StaffClient:
             return [f for f in self.frames if pred(f)]
 
     def stderr_tail(self, n: int = 20) -> str:
-        try:
-            if not self.stderr.closed:
-                self.stderr.flush()
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
-        except OSError:
-            return "(none)"
+        return common.tail(self.log_path, self.stderr, n, "(none)")
 
     def close(self) -> None:
         """Closes its stdin (it disconnects and exits), killing it if it does not go in 5 s."""
@@ -513,21 +361,8 @@ def inbox_push(user: str, kind: str):
 # ----------------------------------------------------------------------------------------
 
 
-def render_config(template: str, values: dict[str, str]) -> str:
-    """Fills the `${NAME}` placeholders of the example config; each must be there."""
-    for name, value in values.items():
-        placeholder = "${" + name + "}"
-        if placeholder not in template:
-            raise Fatal(f"{CONFIG_TEMPLATE} has no {placeholder} placeholder")
-        if "'" in value or "\n" in value:  # the placeholders sit in TOML literal strings
-            raise Fatal(f"{name} cannot go in a TOML literal string: {value!r}")
-        template = template.replace(placeholder, value)
-    return template
-
-
 def run(c: Checks, tmp: Path, binary: str) -> None:
-    for var in ("NO_PROXY", "no_proxy"):  # the pusher SDK (requests) and bellhop (reqwest)
-        os.environ[var] = ",".join(filter(None, [os.environ.get(var), "127.0.0.1", "localhost"]))
+    common.no_proxy_for_localhost()
 
     fcm = FakeFcm((FIXTURES / "fcm-test-key.pub.pem").read_bytes(),
                   {s["token"] for s in STAFF.values()})
@@ -540,7 +375,7 @@ def run(c: Checks, tmp: Path, binary: str) -> None:
             "client_email": CLIENT_EMAIL, "client_id": "1", "token_uri": fcm.token_url,
         }))
         config = tmp / "bellhop.toml"
-        config.write_text(render_config(CONFIG_TEMPLATE.read_text(), {
+        config.write_text(common.render_config(CONFIG_TEMPLATE, {
             "FCM_SERVICE_ACCOUNT_FILE": str(sa), "FCM_BASE_URL": fcm.url}))
         (tmp / "data").mkdir()
         server = Bellhop(binary, config, tmp / "data", tmp / "bellhop.log")
@@ -759,31 +594,5 @@ def scenario_events(c: Checks, fcm: FakeFcm, base: str, server: Bellhop, sock: S
             f"unauthorized sends {fcm.unauthorized_sends}")
 
 
-def main() -> int:
-    binary = os.environ.get("BELLHOP_BIN") or DEFAULT_BIN
-    c = Checks()
-    if not os.access(binary, os.X_OK):
-        c.check("the bellhop binary is there", False, f"{binary!r} is not executable (set BELLHOP_BIN)")
-        log(f"{c.passed} passed, {len(c.failed)} failed")
-        return 1
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    with tempfile.TemporaryDirectory(prefix="bellhop-hotelmate-") as tmp:
-        try:
-            run(c, Path(tmp), binary)
-        except Fatal as e:
-            c.check("the scenario ran to its end", False, str(e))
-        except KeyboardInterrupt as e:
-            c.check("the scenario ran to its end", False, f"interrupted ({e})")
-        except Exception as e:  # a crash is a failure with its reason, never a pass
-            import traceback
-            c.check("the scenario ran to its end", False, traceback.format_exc().rstrip() or repr(e))
-    log(f"{c.passed} passed, {len(c.failed)} failed")
-    return 1 if c.failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(run, "bellhop-hotelmate-"))

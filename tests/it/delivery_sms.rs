@@ -361,3 +361,178 @@ async fn twilio_whatsapp_uses_whatsapp_addresses_and_content_variables() {
     );
     assert_eq!(twilio.requests().len(), 1);
 }
+
+fn hub_signature(secret: &str, body: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys;print('sha256='+hmac.new(sys.argv[1].encode(),sys.argv[2].encode(),hashlib.sha256).hexdigest())",
+            secret,
+            body,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn provider_status_callbacks_are_signature_checked_and_recorded() {
+    let twilio = Mock::start(|req| {
+        let f = form(&req.body);
+        assert_eq!(
+            f["StatusCallback"],
+            "https://bellhop.example.com/callbacks/100/twilio"
+        );
+        Response::json(
+            201,
+            json!({"sid": "SM00000000000000000000000000000003", "status": "queued"}),
+        )
+    })
+    .await;
+    let meta = Mock::start(|_| {
+        Response::json(
+            200,
+            json!({"messaging_product": "whatsapp",
+            "messages": [{"id": "wamid.STATUS-TEST"}]}),
+        )
+    })
+    .await;
+    let toml = format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[apps.sms]
+provider = 'twilio'
+default_region = 'KE'
+account_sid = '{SID}'
+auth_token = '{TOKEN}'
+from = '+15005550006'
+base_url = '{}'
+status_callback_url = 'https://bellhop.example.com/callbacks/100/twilio'
+
+[apps.whatsapp]
+provider = 'meta'
+default_region = 'KE'
+phone_number_id = '99'
+access_token = 'EAAG'
+base_url = '{}'
+app_secret = 'meta-app-secret'
+verify_token = 'verify-me'
+
+[[apps.rules]]
+name = 'both'
+channel = 'orders'
+event = 'ready'
+type = 'ORDER_READY'
+recipients = [{{ users_field = 'customer_id' }}]
+
+[[apps.rules.deliver]]
+channel = 'sms'
+body = 'Your order is ready'
+
+[[apps.rules.deliver]]
+channel = 'whatsapp'
+body = 'Your order is ready'
+"#,
+        twilio.url(""),
+        meta.url("")
+    );
+    let server = Setup::default().toml(&toml).start();
+    let api = Api::new(&server);
+    put(&api, "/users/p1", json!({"phone": "0712 345 678"})).await;
+    api.trigger("orders", "ready", &json!({"customer_id": "p1"}).to_string())
+        .await;
+    settled(&api, "p1", 2, 15).await;
+    let http = reqwest::Client::new();
+
+    // Twilio: signed for the public URL the app configured, then a forgery.
+    let params: Vec<(String, String)> = [
+        ("MessageSid", "SM00000000000000000000000000000003"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", SID),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sig = bellhop_protocol::signing::twilio_signature(
+        TOKEN,
+        "https://bellhop.example.com/callbacks/100/twilio",
+        &params,
+    );
+    let forged = http
+        .post(server.http("/callbacks/100/twilio"))
+        .header("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let ok = http
+        .post(server.http("/callbacks/100/twilio"))
+        .header("x-twilio-signature", sig)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    // Meta: the subscription check, then a signed status webhook (and a forged one).
+    let challenge = http
+        .get(server.http("/callbacks/100/meta?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(challenge.status(), 200);
+    assert_eq!(challenge.text().await.unwrap(), "1158201444");
+    let wrong = http
+        .get(
+            server.http(
+                "/callbacks/100/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1",
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "statuses": [{"id": "wamid.STATUS-TEST", "status": "failed",
+        "timestamp": "1700000000", "recipient_id": "254712345678",
+        "errors": [{"code": 131026, "title": "Message undeliverable"}]}]}}]}]})
+    .to_string();
+    let bad = http
+        .post(server.http("/callbacks/100/meta"))
+        .header(
+            "x-hub-signature-256",
+            hub_signature("not-the-secret", &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let good = http
+        .post(server.http("/callbacks/100/meta"))
+        .header(
+            "x-hub-signature-256",
+            hub_signature("meta-app-secret", &body),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200);
+
+    let ds = crate::delivery::deliveries(&api, "p1").await;
+    let status = |channel: &str| {
+        ds.iter().find(|d| d["channel"] == channel).unwrap()["provider_status"].clone()
+    };
+    assert_eq!(status("sms"), "delivered");
+    assert_eq!(
+        status("whatsapp"),
+        "failed (error 131026: Message undeliverable)"
+    );
+}

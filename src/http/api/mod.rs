@@ -7,6 +7,7 @@ pub mod directory;
 pub mod events;
 pub mod inbox;
 pub mod notifications;
+pub mod provider_callbacks;
 pub mod signed;
 pub mod users;
 
