@@ -245,6 +245,24 @@ pub fn classify_africastalking(
     }
 }
 
+/// The HTTP client for a messaging provider: the send's timeout, and 5 s to connect.
+pub(crate) fn provider_client(timeout_secs: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_secs.max(1)))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        // unwrap: a client with timeouts only always builds.
+        .unwrap()
+}
+
+/// The provider's base URL, or the configured override (tests point it at a local server).
+pub(crate) fn base_url(configured: Option<&str>, default: &str) -> String {
+    configured
+        .unwrap_or(default)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// Sends a provider request and reads its answer. A failure before anything reached the
 /// provider may be retried; one after the request went out (a timeout, a cut connection or
 /// answer) is ambiguous: the message may have been sent.
@@ -283,12 +301,7 @@ impl Sms {
         config.validate()?;
         Ok(Self {
             config: config.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs.max(1)))
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                // unwrap: a client with timeouts only always builds.
-                .unwrap(),
+            http: provider_client(config.timeout_secs),
         })
     }
 
@@ -297,12 +310,7 @@ impl Sms {
     }
 
     fn base(&self, default: &str) -> String {
-        self.config
-            .base_url
-            .clone()
-            .unwrap_or_else(|| default.to_owned())
-            .trim_end_matches('/')
-            .to_owned()
+        base_url(self.config.base_url.as_deref(), default)
     }
 
     /// Sends `body` to `to` (E.164).

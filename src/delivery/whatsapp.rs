@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::sms::{classify_twilio, exchange, SmsResult};
+use super::sms::{base_url, classify_twilio, exchange, provider_client, SmsResult};
 
 const META: &str = "https://graph.facebook.com";
 const TWILIO: &str = "https://api.twilio.com";
@@ -211,12 +211,7 @@ impl Whatsapp {
         config.validate()?;
         Ok(Self {
             config: config.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs.max(1)))
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                // unwrap: a client with timeouts only always builds.
-                .unwrap(),
+            http: provider_client(config.timeout_secs),
         })
     }
 
@@ -225,12 +220,7 @@ impl Whatsapp {
     }
 
     fn base(&self, default: &str) -> String {
-        self.config
-            .base_url
-            .clone()
-            .unwrap_or_else(|| default.to_owned())
-            .trim_end_matches('/')
-            .to_owned()
+        base_url(self.config.base_url.as_deref(), default)
     }
 
     /// Sends to `to` (E.164).

@@ -2,11 +2,10 @@
 //! is recorded, and a closure decides each answer (status, headers, body), so tests can check
 //! the exact request and answer as the real service does, errors included.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::receiver::Request;
@@ -82,44 +81,8 @@ impl Mock {
 }
 
 async fn serve(mut sock: TcpStream, recorded: Arc<Mutex<Vec<Request>>>, respond: Arc<Responder>) {
-    loop {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let head_end = loop {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let method = first.next().unwrap_or("").to_owned();
-        let path = first.next().unwrap_or("").to_owned();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-        let req = Request {
-            method,
-            path,
-            headers,
-            body,
-        };
+    // Keep-alive: requests on one connection are answered in turn.
+    while let Some(req) = crate::receiver::read_request(&mut sock).await {
         let resp = respond(&req);
         recorded.lock().unwrap().push(req);
         let mut out = format!(

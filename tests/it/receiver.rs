@@ -87,12 +87,13 @@ impl Receiver {
     }
 }
 
-async fn handle(mut sock: TcpStream, shared: Arc<Mutex<Shared>>) {
+/// Reads one HTTP/1.1 request (head and a Content-Length body); None when the peer closes.
+pub async fn read_request(sock: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 8192];
     let head_end = loop {
         match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -114,20 +115,27 @@ async fn handle(mut sock: TcpStream, shared: Arc<Mutex<Shared>>) {
         .unwrap_or(0);
     while buf.len() < head_end + len {
         match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+async fn handle(mut sock: TcpStream, shared: Arc<Mutex<Shared>>) {
+    let Some(request) = read_request(&mut sock).await else {
+        return;
+    };
     let reply = {
         let mut s = shared.lock().unwrap();
         let i = s.requests.len();
-        s.requests.push(Request {
-            method,
-            path,
-            headers,
-            body,
-        });
+        s.requests.push(request);
         s.script.get(i).copied().unwrap_or(Reply::Status(200))
     };
     let response = match reply {
