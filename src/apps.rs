@@ -46,6 +46,7 @@ pub struct App {
     pub mailer: Option<Arc<crate::delivery::email::Mailer>>,
     pub sms: Option<Arc<crate::delivery::sms::Sms>>,
     pub whatsapp: Option<Arc<crate::delivery::whatsapp::Whatsapp>>,
+    pub zoho: Option<Arc<crate::delivery::zoho::Zoho>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,10 @@ impl App {
             mailer,
             sms,
             whatsapp,
+            zoho: c
+                .zoho
+                .as_ref()
+                .map(|z| Arc::new(crate::delivery::zoho::Zoho::new(z))),
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),

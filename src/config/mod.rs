@@ -239,6 +239,8 @@ pub struct AppConfig {
     pub sms: Option<crate::delivery::sms::SmsConfig>,
     #[serde(default)]
     pub whatsapp: Option<crate::delivery::whatsapp::WhatsappConfig>,
+    #[serde(default)]
+    pub zoho: Option<crate::delivery::zoho::ZohoConfig>,
     /// Business-event webhooks, signed with Standard Webhooks headers.
     #[serde(default)]
     pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
@@ -305,6 +307,7 @@ impl AppConfig {
             email: None,
             sms: None,
             whatsapp: None,
+            zoho: None,
             event_webhooks: Vec::new(),
         }
     }

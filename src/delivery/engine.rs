@@ -23,6 +23,7 @@ use super::rules::{self, ChannelKind, Condition, Deliver, Priority, Recipient, R
 use super::sms::{self, SmsResult};
 use super::templates::{for_locale, render, render_content, TemplateError};
 use super::whatsapp::{self, WhatsappResult};
+use super::zoho;
 use crate::apps::{App, AppDirectory};
 use crate::channel::messages::Publish;
 use crate::channel::{ChannelKey, ChannelRegistry};
@@ -769,6 +770,64 @@ impl Engine {
                         reason: format!("ambiguous, sending again: {reason}"),
                     },
                     WhatsappResult::Ambiguous(r) => Step::Ambiguous(r),
+                })
+            }
+            ChannelKind::Zoho => {
+                let Some(zoho) = app.zoho.clone() else {
+                    return Ok(Step::Failed("the app has no Zoho configured".into()));
+                };
+                let Some(z) = &spec.zoho else {
+                    return Ok(Step::Failed(
+                        "a zoho entry needs zoho = { contact = … }".into(),
+                    ));
+                };
+                let fields = |m: &std::collections::BTreeMap<String, String>| {
+                    let mut out = Map::new();
+                    for (k, t) in m {
+                        out.insert(k.clone(), Value::String(render("zoho", t, &ctx, false)?));
+                    }
+                    Ok::<_, TemplateError>(out)
+                };
+                let contact = match fields(&z.contact) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Step::Failed(e.to_string())),
+                };
+                let deal = match z.deal.as_ref().map(fields).transpose() {
+                    Ok(d) => d,
+                    Err(e) => return Ok(Step::Failed(e.to_string())),
+                };
+                let log = |records: &[zoho::SyncRecord]| {
+                    records
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} {} {} {}{}",
+                                r.operation,
+                                r.entity,
+                                r.remote_id.as_deref().unwrap_or("-"),
+                                r.status,
+                                r.error
+                                    .as_deref()
+                                    .map(|e| format!(" ({e})"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                Ok(match zoho.sync_booking(contact, deal).await {
+                    zoho::ZohoResult::Done(records) => Step::Sent(log(&records)),
+                    zoho::ZohoResult::Retry {
+                        after,
+                        reason,
+                        records,
+                    } => Step::Retry {
+                        after,
+                        reason: format!("{reason}; {}", log(&records)),
+                    },
+                    zoho::ZohoResult::Rejected { reason, records } => {
+                        Step::Failed(format!("{reason}; {}", log(&records)))
+                    }
                 })
             }
             ChannelKind::Email => {

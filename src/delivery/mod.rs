@@ -15,5 +15,6 @@ pub mod rules;
 pub mod sms;
 pub mod templates;
 pub mod whatsapp;
+pub mod zoho;
 
 pub use engine::{Direct, Engine, Triggered, INBOX_EVENT, UNREAD_EVENT};

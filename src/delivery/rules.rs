@@ -23,6 +23,8 @@ pub enum ChannelKind {
     Sms,
     /// Meta Cloud API or Twilio.
     Whatsapp,
+    /// Zoho CRM: the contact and the deal of a booking.
+    Zoho,
 }
 
 impl ChannelKind {
@@ -33,6 +35,7 @@ impl ChannelKind {
             Self::Email => "email",
             Self::Sms => "sms",
             Self::Whatsapp => "whatsapp",
+            Self::Zoho => "zoho",
         }
     }
 }
@@ -119,6 +122,9 @@ pub struct Deliver {
     /// `body` goes as free-form text.
     #[serde(default)]
     pub whatsapp_template: Option<super::whatsapp::TemplateSpec>,
+    /// Zoho CRM: the contact's and the deal's fields (templates).
+    #[serde(default)]
+    pub zoho: Option<super::zoho::ZohoSpec>,
 }
 
 impl Deliver {
@@ -522,6 +528,7 @@ mod tests {
                 attach_qr: None,
                 resend_ambiguous: false,
                 whatsapp_template: None,
+                zoho: None,
             }],
             idempotency_key: None,
             schedule: None,

@@ -181,6 +181,8 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
         "/whatsapp/auth_token",
         "/whatsapp/app_secret",
         "/whatsapp/verify_token",
+        "/zoho/client_secret",
+        "/zoho/refresh_token",
     ] {
         if let Some(p) = v.pointer_mut(path).filter(|p| !p.is_null()) {
             *p = MASK.into();
