@@ -50,7 +50,7 @@ async fn fake_fcm(script: Script) -> Mock {
     let url_for_check = token_url.clone();
     let mock = Mock::start(move |req| {
         if req.path == "/token" {
-            let form: HashMap<String, String> = url_form(&req.body);
+            let form: HashMap<String, String> = crate::mock_http::form(&req.body);
             if form.get("grant_type").map(String::as_str)
                 != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
             {
@@ -102,31 +102,6 @@ async fn fake_fcm(script: Script) -> Mock {
     .await;
     *token_url.lock().unwrap() = mock.url("/token");
     mock
-}
-
-fn url_form(body: &str) -> HashMap<String, String> {
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 fn ok(n: u32) -> Response {

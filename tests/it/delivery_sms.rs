@@ -6,7 +6,6 @@
 //! number or an unsubscribed recipient is a skip; a timeout after sending is ambiguous and not
 //! re-sent; free-form WhatsApp text outside the 24-hour window is reported as such.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,33 +14,11 @@ use serde_json::{json, Value};
 use crate::api::Api;
 use crate::delivery::{put, settled, state_of};
 use crate::harness::Setup;
-use crate::mock_http::{Mock, Response};
+use crate::mock_http::{form, Mock, Response};
 use crate::receiver::{Receiver, Reply};
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token-0123456789abcd";
-
-fn form(body: &str) -> HashMap<String, String> {
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            let v = v.replace('+', " ");
-            let mut out = Vec::new();
-            let b = v.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%' && i + 2 < b.len() {
-                    out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
-                    i += 3;
-                } else {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-            (k.to_owned(), String::from_utf8(out).unwrap())
-        })
-        .collect()
-}
 
 fn rule(sms_toml: &str) -> String {
     format!(

@@ -2,6 +2,7 @@
 //! is recorded, and a closure decides each answer (status, headers, body), so tests can check
 //! the exact request and answer as the real service does, errors included.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +31,16 @@ impl Response {
         self.headers.push((k.into(), v.into()));
         self
     }
+}
+
+/// A form-encoded body (`a=1&b=x%20y`) as its fields, decoded as browsers and SDKs encode it.
+pub fn form(body: &str) -> HashMap<String, String> {
+    // unwrap: a fixed base with any query parses.
+    reqwest::Url::parse(&format!("http://x/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 type Responder = dyn Fn(&Request) -> Response + Send + Sync;

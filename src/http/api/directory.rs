@@ -13,8 +13,7 @@ use crate::http::ApiError;
 use crate::state::ServerState;
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "directory store unavailable");
-    ApiError::Unavailable("the store is unavailable".into())
+    super::store_unavailable(e, "")
 }
 
 fn check_user_id(user: &str) -> Result<(), ApiError> {
@@ -88,11 +87,7 @@ pub async fn list_users(
     state: web::Data<ServerState>,
 ) -> Result<HttpResponse, ApiError> {
     let signed = verify(&state, &req, &path, payload).await?;
-    let limit = signed
-        .param("limit")
-        .and_then(|l| l.parse::<i64>().ok())
-        .unwrap_or(100)
-        .clamp(1, 1000);
+    let limit = super::limit(signed.param("limit"), 100, 1000);
     let after = signed.param("after").unwrap_or("");
     let users = state
         .store

@@ -14,8 +14,7 @@ use crate::http::ApiError;
 use crate::state::ServerState;
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "inbox store unavailable");
-    ApiError::Unavailable("the store is unavailable".into())
+    super::store_unavailable(e, "")
 }
 
 /// A page of the inbox; `param` reads the query (`unread`, `before`, `limit`).
@@ -25,10 +24,7 @@ pub(crate) async fn page<'a>(
     user: &str,
     param: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Value, ApiError> {
-    let limit = param("limit")
-        .and_then(|l| l.parse::<i64>().ok())
-        .unwrap_or(20)
-        .clamp(1, 200);
+    let limit = super::limit(param("limit"), 20, 200);
     let before = match param("before") {
         None | Some("") => None,
         Some(b) => Some(

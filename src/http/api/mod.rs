@@ -11,6 +11,20 @@ pub mod provider_callbacks;
 pub mod signed;
 pub mod users;
 
+/// A store failure as the API answers it (503); `what` says what was not done.
+pub(crate) fn store_unavailable(e: crate::store::StoreError, what: &str) -> crate::http::ApiError {
+    tracing::warn!(error = %e, "store unavailable");
+    crate::http::ApiError::Unavailable(format!("the store is unavailable{what}"))
+}
+
+/// A page size from the query: `default` when absent or not a number, kept within 1..=`max`.
+pub(crate) fn limit(param: Option<&str>, default: i64, max: i64) -> i64 {
+    param
+        .and_then(|l| l.parse::<i64>().ok())
+        .unwrap_or(default)
+        .clamp(1, max)
+}
+
 /// The attributes a request asked for with `info=a,b`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Info {

@@ -35,8 +35,7 @@ struct NotifyBody {
 }
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "notification store unavailable");
-    ApiError::Unavailable("the store is unavailable; nothing was accepted".into())
+    super::store_unavailable(e, "; nothing was accepted")
 }
 
 fn validate(body: &NotifyBody) -> Result<(), ApiError> {
@@ -154,11 +153,7 @@ pub async fn of_user(
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, user) = path.into_inner();
     let signed = verify(&state, &req, &app_id, payload).await?;
-    let limit = signed
-        .param("limit")
-        .and_then(|l| l.parse::<i64>().ok())
-        .unwrap_or(50)
-        .clamp(1, 500);
+    let limit = super::limit(signed.param("limit"), 50, 500);
     let notes = state
         .store
         .notifications_of(signed.app.id.as_str(), &user, limit)
