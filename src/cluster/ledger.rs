@@ -26,6 +26,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::announce::{Announcer, Deferred, Fact};
 
 const SCRIPT: &str = include_str!("ledger.lua");
+
+/// Takes messages from an app's per-second budget, or none of them (built once: a script
+/// hashes its source when made).
+static TAKE_EVENTS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local t = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+         if t == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 2) end \
+         if t > tonumber(ARGV[2]) then redis.call('DECRBY', KEYS[1], ARGV[1]) return 0 end \
+         return 1",
+    )
+});
 /// Ops sent in one script call at most.
 const BATCH: usize = 512;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -409,12 +420,7 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let second = now_ms() / 1000;
         let key = self.key(&["er", app.as_str(), &second.to_string()]);
-        let script = redis::Script::new(
-            "local t = redis.call('INCRBY', KEYS[1], ARGV[1]) \
-             if t == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 2) end \
-             if t > tonumber(ARGV[2]) then redis.call('DECRBY', KEYS[1], ARGV[1]) return 0 end \
-             return 1",
-        );
+        let script = &*TAKE_EVENTS;
         let mut conn = self.reader.clone();
         let allowed: i64 = tokio::time::timeout(
             CALL_TIMEOUT,
