@@ -284,6 +284,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         registry: registry.clone(),
         connections: connections.clone(),
         ledger: ledger.clone(),
+        throttle: crate::delivery::throttle::Throttle::new(ledger.clone()),
         bus: bus.clone(),
         node: node_id.clone(),
     });

@@ -69,6 +69,8 @@ pub enum AppError {
     Sms(#[from] crate::delivery::sms::SmsSetupError),
     #[error(transparent)]
     Whatsapp(#[from] crate::delivery::whatsapp::WhatsappSetupError),
+    #[error("{0}")]
+    Zoho(String),
     #[error(transparent)]
     EventWebhook(#[from] crate::delivery::event_webhooks::SubscriptionError),
 }
@@ -146,7 +148,11 @@ impl App {
             zoho: c
                 .zoho
                 .as_ref()
-                .map(|z| Arc::new(crate::delivery::zoho::Zoho::new(z))),
+                .map(|z| {
+                    z.validate().map_err(AppError::Zoho)?;
+                    Ok::<_, AppError>(Arc::new(crate::delivery::zoho::Zoho::new(&c.id, z)))
+                })
+                .transpose()?,
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub presence_members: IntGaugeVec,
     pub jobs: IntGaugeVec,
     pub job_attempts: IntCounterVec,
+    pub provider_token_refreshes: IntCounterVec,
+    /// Sends held back by a provider's rate limit or its cluster-wide pause.
+    pub provider_throttled: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -118,6 +121,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "bellhop_job_attempts_total",
             "Job attempts by kind and outcome",
             &["kind", "outcome"],
+        ),
+        provider_token_refreshes: counter(
+            &r,
+            "bellhop_provider_token_refreshes_total",
+            "Access tokens fetched from a provider by this node",
+            &["provider"],
+        ),
+        provider_throttled: counter(
+            &r,
+            "bellhop_provider_throttled_total",
+            "Sends held back by a provider rate limit or pause",
+            &["provider", "why"],
         ),
         registry: r,
     }

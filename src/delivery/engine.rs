@@ -22,6 +22,7 @@ use super::records::{DeliveryRow, NewDelivery, NewInboxItem, NewNotification, JO
 use super::rules::{self, ChannelKind, Condition, Deliver, Priority, Recipient, Rule};
 use super::sms::{self, SmsResult};
 use super::templates::{for_locale, render, render_content, TemplateError};
+use super::throttle::Gate;
 use super::whatsapp::{self, WhatsappResult};
 use super::zoho;
 use crate::apps::{App, AppDirectory};
@@ -31,6 +32,7 @@ use crate::cluster::{Body, Envelope, Ledger, SharedBus};
 use crate::connection::Connections;
 use crate::jobs::retry::Schedule;
 use crate::jobs::{Attempt, Claimed, Handler, Verdict};
+use crate::store::provider_state::NewSyncLog;
 use crate::store::{now_ms, Store, StoreError};
 
 /// The event pushed to a user's sockets when an in-app item arrives.
@@ -63,6 +65,7 @@ pub struct Engine {
     pub registry: Arc<ChannelRegistry>,
     pub connections: Arc<Connections>,
     pub ledger: Option<Arc<Ledger>>,
+    pub throttle: super::throttle::Throttle,
     pub bus: SharedBus,
     pub node: String,
 }
@@ -484,6 +487,62 @@ impl Engine {
         );
     }
 
+    /// Waits in place for the provider's next second when its rate budget is spent (a
+    /// second at most); answers a hold when the provider is paused or the wait is longer.
+    async fn throttle(
+        &self,
+        provider: &'static str,
+        app: &AppId,
+        per_second: Option<u32>,
+    ) -> Option<Step> {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let (why, wait) = match self.throttle.admit(app, provider, per_second).await {
+                Ok(Gate::Open) => return None,
+                Ok(Gate::Full(wait)) => ("rate", wait),
+                Ok(Gate::Paused(wait)) => ("paused", wait),
+                Err(e) => {
+                    return Some(Step::Retry {
+                        after: Some(Duration::from_secs(1)),
+                        reason: format!("{provider} rate gate unavailable: {e}"),
+                    })
+                }
+            };
+            if why == "rate" && tokio::time::Instant::now() + wait < give_up {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            crate::metrics::METRICS
+                .provider_throttled
+                .with_label_values(&[provider, why])
+                .inc();
+            return Some(Step::Held {
+                reason: match why {
+                    "paused" => format!(
+                        "{provider} asked to pause; resuming in {} ms",
+                        wait.as_millis()
+                    ),
+                    _ => format!("{provider} rate limit reached"),
+                },
+                wait,
+            });
+        }
+    }
+
+    /// A provider that answered with a Retry-After is paused for every node until then.
+    async fn pause_on_retry_after(
+        &self,
+        provider: &'static str,
+        app: &AppId,
+        after: Option<Duration>,
+    ) {
+        let Some(after) = after else { return };
+        if let Err(e) = self.throttle.pause(app, provider, after).await {
+            tracing::warn!(provider, error = %e, "cannot share the provider's pause");
+        }
+        tracing::info!(app_id = %app, provider, pause_ms = after.as_millis() as u64, "provider paused by its Retry-After");
+    }
+
     async fn run_delivery(&self, job: &Claimed) -> Result<Step, StoreError> {
         let id = serde_json::from_str::<Value>(&job.payload)
             .ok()
@@ -703,6 +762,9 @@ impl Engine {
                     Ok(n) => n,
                     Err(reason) => return Ok(Step::Skipped(reason)),
                 };
+                if let Some(wait) = self.throttle("sms", &app_id, sms.max_per_second()).await {
+                    return Ok(wait);
+                }
                 Ok(match sms.send(&to, &rendered.body).await {
                     SmsResult::Sent(id) => {
                         self.store
@@ -711,7 +773,10 @@ impl Engine {
                         Step::Sent(format!("to {to}"))
                     }
                     SmsResult::BadRecipient(r) => Step::Skipped(r),
-                    SmsResult::Retry { after, reason } => Step::Retry { after, reason },
+                    SmsResult::Retry { after, reason } => {
+                        self.pause_on_retry_after("sms", &app_id, after).await;
+                        Step::Retry { after, reason }
+                    }
                     SmsResult::Rejected(r) => Step::Failed(r),
                     SmsResult::Ambiguous(reason) if spec.resend_ambiguous => Step::Retry {
                         after: None,
@@ -752,6 +817,12 @@ impl Engine {
                     }
                     None => whatsapp::Message::Text(&rendered.body),
                 };
+                if let Some(wait) = self
+                    .throttle("whatsapp", &app_id, wa.max_per_second())
+                    .await
+                {
+                    return Ok(wait);
+                }
                 Ok(match wa.send(&to, message).await {
                     WhatsappResult::Sent(id) => {
                         self.store
@@ -763,7 +834,10 @@ impl Engine {
                         "the 24-hour window is closed; a template is needed ({r})"
                     )),
                     WhatsappResult::BadRecipient(r) => Step::Skipped(r),
-                    WhatsappResult::Retry { after, reason } => Step::Retry { after, reason },
+                    WhatsappResult::Retry { after, reason } => {
+                        self.pause_on_retry_after("whatsapp", &app_id, after).await;
+                        Step::Retry { after, reason }
+                    }
                     WhatsappResult::Rejected(r) => Step::Failed(r),
                     WhatsappResult::Ambiguous(reason) if spec.resend_ambiguous => Step::Retry {
                         after: None,
@@ -778,9 +852,12 @@ impl Engine {
                 };
                 let Some(z) = &spec.zoho else {
                     return Ok(Step::Failed(
-                        "a zoho entry needs zoho = { contact = … }".into(),
+                        "a zoho entry needs zoho = { contact = …, invoice = … }".into(),
                     ));
                 };
+                if let Some(wait) = self.throttle("zoho", &app_id, zoho.max_per_second()).await {
+                    return Ok(wait);
+                }
                 let fields = |m: &std::collections::BTreeMap<String, String>| {
                     let mut out = Map::new();
                     for (k, t) in m {
@@ -788,14 +865,46 @@ impl Engine {
                     }
                     Ok::<_, TemplateError>(out)
                 };
-                let contact = match fields(&z.contact) {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Step::Failed(e.to_string())),
+                let booking = match &z.contact {
+                    Some(contact) => {
+                        let contact = fields(contact);
+                        let deal = z.deal.as_ref().map(fields).transpose();
+                        match (contact, deal) {
+                            (Ok(contact), Ok(deal)) => Some(zoho::Booking { contact, deal }),
+                            (Err(e), _) | (_, Err(e)) => return Ok(Step::Failed(e.to_string())),
+                        }
+                    }
+                    None => None,
                 };
-                let deal = match z.deal.as_ref().map(fields).transpose() {
-                    Ok(d) => d,
-                    Err(e) => return Ok(Step::Failed(e.to_string())),
+                let invoice = match &z.invoice {
+                    Some(i) => match i.render(|t| render("zoho.invoice", t, &ctx, false)) {
+                        Ok(i) => Some(i),
+                        Err(e) => return Ok(Step::Failed(e)),
+                    },
+                    None => None,
                 };
+                let reference = invoice.as_ref().map(|i| i.reference.clone()).or_else(|| {
+                    booking.as_ref().and_then(|b| {
+                        b.deal.as_ref()?[zoho.deal_reference_field()]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                });
+                let result = zoho.sync(&self.store, booking, invoice).await;
+                let logs: Vec<_> = result
+                    .records()
+                    .iter()
+                    .map(|r| NewSyncLog {
+                        delivery_id: row.id,
+                        reference: reference.as_deref(),
+                        operation: r.operation,
+                        entity: r.entity,
+                        remote_id: r.remote_id.as_deref(),
+                        status: r.status,
+                        error: r.error.as_deref(),
+                    })
+                    .collect();
+                self.store.add_sync_logs(&row.app_id, &logs).await?;
                 let log = |records: &[zoho::SyncRecord]| {
                     records
                         .iter()
@@ -815,16 +924,19 @@ impl Engine {
                         .collect::<Vec<_>>()
                         .join("; ")
                 };
-                Ok(match zoho.sync_booking(contact, deal).await {
+                Ok(match result {
                     zoho::ZohoResult::Done(records) => Step::Sent(log(&records)),
                     zoho::ZohoResult::Retry {
                         after,
                         reason,
                         records,
-                    } => Step::Retry {
-                        after,
-                        reason: format!("{reason}; {}", log(&records)),
-                    },
+                    } => {
+                        self.pause_on_retry_after("zoho", &app_id, after).await;
+                        Step::Retry {
+                            after,
+                            reason: format!("{reason}; {}", log(&records)),
+                        }
+                    }
                     zoho::ZohoResult::Rejected { reason, records } => {
                         Step::Failed(format!("{reason}; {}", log(&records)))
                     }

@@ -268,6 +268,8 @@ pub enum RuleError {
     NeedsKey { rule: String },
     #[error("rule {rule:?}: condition on {field:?} sets none of equals, in, exists")]
     Test { rule: String, field: String },
+    #[error("rule {rule:?}: {reason}")]
+    Zoho { rule: String, reason: String },
 }
 
 /// A rule ready to match.
@@ -361,6 +363,23 @@ impl Rule {
             .count();
             if set != 1 {
                 return Err(RuleError::Recipient { rule: name });
+            }
+        }
+        for d in &config.deliver {
+            match (d.channel, &d.zoho) {
+                (ChannelKind::Zoho, None) => {
+                    return Err(RuleError::Zoho {
+                        rule: name,
+                        reason: "a zoho entry needs zoho = { contact = …, invoice = … }".into(),
+                    })
+                }
+                (ChannelKind::Zoho, Some(z)) => {
+                    z.validate().map_err(|reason| RuleError::Zoho {
+                        rule: name.clone(),
+                        reason,
+                    })?;
+                }
+                _ => {}
             }
         }
         for t in &config.when {

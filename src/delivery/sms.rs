@@ -57,6 +57,10 @@ pub struct SmsConfig {
     /// every message asks Twilio to report its status there (signature checked).
     #[serde(default)]
     pub status_callback_url: Option<String>,
+    /// Messages per second for this app, across the cluster (the account's or sender's
+    /// throughput); none = as fast as the provider answers.
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
 }
 
 fn d_timeout() -> u64 {
@@ -168,7 +172,7 @@ impl std::fmt::Debug for Sms {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -307,6 +311,10 @@ impl Sms {
 
     pub fn default_region(&self) -> Option<&str> {
         self.config.default_region.as_deref()
+    }
+
+    pub fn max_per_second(&self) -> Option<u32> {
+        self.config.max_per_second
     }
 
     fn base(&self, default: &str) -> String {

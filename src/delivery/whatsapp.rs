@@ -57,6 +57,10 @@ pub struct WhatsappConfig {
     /// Twilio: the public URL of `/callbacks/{app_id}/twilio` for status reports.
     #[serde(default)]
     pub status_callback_url: Option<String>,
+    /// Messages per second for this app, across the cluster (the account's or sender's
+    /// throughput); none = as fast as the provider answers.
+    #[serde(default)]
+    pub max_per_second: Option<u32>,
 }
 
 fn d_version() -> String {
@@ -217,6 +221,10 @@ impl Whatsapp {
 
     pub fn default_region(&self) -> Option<&str> {
         self.config.default_region.as_deref()
+    }
+
+    pub fn max_per_second(&self) -> Option<u32> {
+        self.config.max_per_second
     }
 
     fn base(&self, default: &str) -> String {

@@ -67,6 +67,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(api::directory::delete_device),
         )
         .route(
+            "/apps/{app_id}/zoho/sync_logs",
+            web::get().to(api::sync_logs::list),
+        )
+        .route(
             "/apps/{app_id}/users/{user_id}/notifications",
             web::get().to(api::notifications::of_user),
         )

@@ -3,6 +3,7 @@
 //! migrations for its dialect at start-up. Times are stored as Unix milliseconds.
 
 pub mod apps;
+pub mod provider_state;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -117,4 +118,281 @@ zoho = {{ contact = {{ Email = '{{{{ email }}}}', Last_Name = '{{{{ last_name }}
         2,
         "one refresh for the expired token"
     );
+}
+
+/// The Books side of a local Zoho: customers by email, invoices by reference, payments; it
+/// checks each call's organisation and token and keeps state, so a retry shows whether
+/// bellhop looks before it makes.
+#[derive(Default)]
+struct Books {
+    tokens: usize,
+    customers: Vec<(String, String)>,
+    invoices: Vec<(String, String, String)>,
+    payments: Vec<Value>,
+    invoice_posts: usize,
+    /// Answer 401 to the next call (the token expired between two calls).
+    expire_next: bool,
+    /// Answer 500 to the next payment (Zoho's side failed; bellhop retries).
+    fail_next_payment: bool,
+}
+
+fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Request) -> Response {
+    let mut s = state.lock().unwrap();
+    if req.path == "/oauth/v2/token" {
+        s.tokens += 1;
+        return Response::json(
+            200,
+            json!({"access_token": format!("1000.books{}", s.tokens),
+            "api_domain": base, "token_type": "Bearer", "expires_in": 3600}),
+        );
+    }
+    let url = reqwest::Url::parse(&format!("http://x{}", req.path)).unwrap();
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    if q.get("organization_id").map(String::as_str) != Some("60012345678") {
+        return Response::json(
+            400,
+            json!({"code": 6041, "message": "This user is not associated with the organization."}),
+        );
+    }
+    let current = format!("Zoho-oauthtoken 1000.books{}", s.tokens);
+    if req.headers.get("authorization") != Some(&current) || s.expire_next {
+        s.expire_next = false;
+        return Response::json(
+            401,
+            json!({"code": 57, "message": "You are not authorized to perform this operation"}),
+        );
+    }
+    let body: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
+    match (req.method.as_str(), url.path()) {
+        ("GET", "/books/v3/contacts") => {
+            let found: Vec<Value> = s
+                .customers
+                .iter()
+                .filter(|(e, _)| Some(e) == q.get("email"))
+                .map(|(e, id)| json!({"contact_id": id, "email": e, "contact_type": "customer"}))
+                .collect();
+            Response::json(
+                200,
+                json!({"code": 0, "message": "success", "contacts": found}),
+            )
+        }
+        ("POST", "/books/v3/contacts") => {
+            assert_eq!(body["contact_type"], "customer");
+            let email = body["contact_persons"][0]["email"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let id = format!("46000000{}", 100 + s.customers.len());
+            s.customers.push((email, id.clone()));
+            Response::json(
+                201,
+                json!({"code": 0, "message": "The contact has been added.", "contact": {"contact_id": id, "contact_name": body["contact_name"]}}),
+            )
+        }
+        ("GET", "/books/v3/invoices") => {
+            let found: Vec<Value> = s
+                .invoices
+                .iter()
+                .filter(|(r, _, _)| Some(r) == q.get("reference_number"))
+                .map(|(r, id, st)| json!({"invoice_id": id, "reference_number": r, "status": st}))
+                .collect();
+            Response::json(
+                200,
+                json!({"code": 0, "message": "success", "invoices": found}),
+            )
+        }
+        ("POST", "/books/v3/invoices") => {
+            s.invoice_posts += 1;
+            assert!(
+                s.customers.iter().any(|(_, id)| body["customer_id"] == *id),
+                "{body}"
+            );
+            assert_eq!(
+                body["line_items"],
+                json!([{"name": "Deluxe room, 2 nights", "rate": 240.0, "quantity": 1.0}])
+            );
+            let id = format!("46000000{}", 900 + s.invoices.len());
+            let reference = body["reference_number"].as_str().unwrap().to_owned();
+            s.invoices
+                .push((reference.clone(), id.clone(), "draft".into()));
+            // The token expires right after: the next call (marking it sent) is refused.
+            s.expire_next = true;
+            Response::json(
+                201,
+                json!({"code": 0, "message": "The invoice has been created.",
+                "invoice": {"invoice_id": id, "invoice_number": "INV-000001", "reference_number": reference, "status": "draft", "total": 240.0, "balance": 240.0}}),
+            )
+        }
+        ("POST", p) if p.ends_with("/status/sent") => {
+            let id = p
+                .trim_start_matches("/books/v3/invoices/")
+                .trim_end_matches("/status/sent");
+            match s.invoices.iter_mut().find(|(_, i, _)| i == id) {
+                Some(inv) => {
+                    inv.2 = "sent".into();
+                    Response::json(
+                        200,
+                        json!({"code": 0, "message": "Invoice status has been changed to Sent."}),
+                    )
+                }
+                None => Response::json(
+                    404,
+                    json!({"code": 1002, "message": "Invoice does not exist."}),
+                ),
+            }
+        }
+        ("POST", "/books/v3/customerpayments") => {
+            if std::mem::take(&mut s.fail_next_payment) {
+                return Response::json(500, json!({"code": 9999, "message": "Internal error"}));
+            }
+            let id = body["invoices"][0]["invoice_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let inv = s
+                .invoices
+                .iter_mut()
+                .find(|(_, i, _)| *i == id)
+                .expect("an existing invoice");
+            assert_eq!(inv.2, "sent", "a draft cannot be paid");
+            inv.2 = "paid".into();
+            s.payments.push(body.clone());
+            Response::json(
+                201,
+                json!({"code": 0, "message": "The payment has been created.",
+                "payment": {"payment_id": "4600000077001", "amount": body["amount"]}}),
+            )
+        }
+        _ => Response::json(404, json!({"code": 5, "message": "Invalid URL Passed"})),
+    }
+}
+
+#[tokio::test]
+async fn a_payment_makes_one_paid_invoice_through_a_token_expiry_and_a_failed_payment() {
+    let state = Arc::new(Mutex::new(Books::default()));
+    let base = Arc::new(Mutex::new(String::new()));
+    let (s, b) = (state.clone(), base.clone());
+    let zoho = Mock::start(move |req| books_answer(&s, &b.lock().unwrap(), req)).await;
+    *base.lock().unwrap() = zoho.url("");
+    let toml = format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[apps.zoho]
+client_id = '1000.CLIENT'
+client_secret = 'secret'
+refresh_token = '1000.refresh'
+accounts_url = '{}'
+invoices = {{ product = 'books', organization_id = '60012345678' }}
+
+[[apps.rules]]
+name = 'invoice'
+channel = 'payments'
+event = 'booking.paid'
+type = 'INVOICE'
+recipients = [{{ users_field = 'customer_id' }}]
+
+[[apps.rules.deliver]]
+channel = 'zoho'
+
+[apps.rules.deliver.zoho.invoice]
+reference = '{{{{ booking_id }}}}'
+customer_name = '{{{{ name }}}}'
+email = '{{{{ email }}}}'
+line_items = [{{ name = '{{{{ room }}}}, {{{{ nights }}}} nights', rate = '{{{{ amount }}}}' }}]
+paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ payment_id }}}}', date = '2026-12-02' }}
+"#,
+        zoho.url("")
+    );
+    let server = Setup::default().toml(&toml).start();
+    let api = Api::new(&server);
+    put(&api, "/users/z1", json!({})).await;
+    {
+        let mut s = state.lock().unwrap();
+        // The customer exists already (made by the CRM sync); the first payment fails on
+        // Zoho's side.
+        s.customers
+            .push(("ana@example.com".into(), "46000000042".into()));
+        s.tokens = 0;
+        s.fail_next_payment = true;
+    }
+    let paid = json!({"customer_id": "z1", "booking_id": "B-7", "name": "Ana Silva",
+        "email": "ana@example.com", "room": "Deluxe room", "nights": 2, "amount": "240.00",
+        "payment_id": "pi_3Q"});
+    api.trigger("payments", "booking.paid", &paid.to_string())
+        .await;
+    let ds = settled(&api, "z1", 1, 30).await;
+    let (st, reason) = state_of(&ds, "zoho");
+    assert_eq!(st, "sent", "{ds:?}");
+    assert_eq!(
+        reason,
+        "CONTACT_UPSERT Customers 46000000042 SUCCESS; INVOICE_CREATE Invoices 46000000900 SUCCESS; \
+         INVOICE_MARK_PAID CustomerPayments 4600000077001 SUCCESS"
+    );
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(
+            s.invoice_posts, 1,
+            "the retry found the invoice instead of making another"
+        );
+        assert_eq!(s.payments.len(), 1);
+        assert_eq!(s.customers.len(), 1, "the existing customer was used");
+        assert_eq!(s.invoices[0].2, "paid");
+        assert_eq!(s.tokens, 2, "one refresh for the expired token");
+        let p = &s.payments[0];
+        assert_eq!(p["customer_id"], "46000000042");
+        assert_eq!(p["payment_mode"], "creditcard");
+        assert_eq!(p["amount"], 240.0);
+        assert_eq!(p["date"], "2026-12-02");
+        assert_eq!(p["reference_number"], "pi_3Q");
+        assert_eq!(
+            p["invoices"],
+            json!([{"invoice_id": "46000000900", "amount_applied": 240.0}])
+        );
+    }
+
+    // The sync log: the failed attempt and the one that succeeded, newest first.
+    let r = api.get("/zoho/sync_logs", &[("reference", "B-7")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ops: Vec<String> = r.body["sync_logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            format!(
+                "{} {} {}",
+                l["operation"].as_str().unwrap(),
+                l["status"].as_str().unwrap(),
+                l["remote_id"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "CONTACT_UPSERT SUCCESS 46000000042",
+            "INVOICE_CREATE SUCCESS 46000000900",
+            "INVOICE_MARK_PAID FAILED -",
+            "CONTACT_UPSERT SUCCESS 46000000042",
+            "INVOICE_CREATE SUCCESS 46000000900",
+            "INVOICE_MARK_PAID SUCCESS 4600000077001",
+        ]
+    );
+    let failed = &r.body["sync_logs"][3];
+    assert_eq!(failed["entity"], "CustomerPayments");
+    assert!(
+        failed["error"].as_str().unwrap().contains("500"),
+        "{failed}"
+    );
+
+    // The same payment event again (a webhook retried by the payment provider): already
+    // decided, nothing new in Zoho.
+    api.trigger("payments", "booking.paid", &paid.to_string())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state.lock().unwrap().payments.len(), 1);
 }

@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod notifications;
 pub mod provider_callbacks;
 pub mod signed;
+pub mod sync_logs;
 pub mod users;
 
 /// A store failure as the API answers it (503); `what` says what was not done.
