@@ -291,6 +291,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let (stop_workers, workers_stopped) = watch::channel(false);
     let workers = Workers::new(store.clone(), cfg.node_id())
         .lease(Duration::from_secs(cfg.job_lease_secs))
+        .concurrency(cfg.job_concurrency)
         .handler(Arc::new(WebhookSender::new(
             apps.clone(),
             Duration::from_millis(cfg.webhook_timeout_ms),

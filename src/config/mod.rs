@@ -106,6 +106,8 @@ pub struct ServerConfig {
     pub webhook_timeout_ms: u64,
     /// How long a worker holds a claimed job; a crashed worker's job is retried after it.
     pub job_lease_secs: u64,
+    /// Jobs (webhooks, deliveries) one node runs at once.
+    pub job_concurrency: usize,
     /// Redis for a cluster of nodes; without it this node runs alone on the in-memory bus.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -153,6 +155,7 @@ impl Default for ServerConfig {
             webhook_batch_ms: 250,
             webhook_timeout_ms: 10_000,
             job_lease_secs: 60,
+            job_concurrency: 16,
             redis_url: None,
             redis_prefix: "bellhop".into(),
             node_beat_ms: 1000,
@@ -469,6 +472,9 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_JOB_LEASE_SECS", NUM)? {
             s.job_lease_secs = v;
         }
+        if let Some(v) = env_parse(source, "BELLHOP_JOB_CONCURRENCY", NUM)? {
+            s.job_concurrency = v;
+        }
         if let Some(v) = source.var("BELLHOP_REDIS_URL").filter(|v| !v.is_empty()) {
             s.redis_url = Some(v);
         }
@@ -635,9 +641,13 @@ impl Config {
         if s.shutdown_batch == 0 {
             return Err(ConfigError::Server("shutdown_batch must be at least 1"));
         }
-        if s.webhook_batch_ms == 0 || s.webhook_timeout_ms == 0 || s.job_lease_secs == 0 {
+        if s.webhook_batch_ms == 0
+            || s.webhook_timeout_ms == 0
+            || s.job_lease_secs == 0
+            || s.job_concurrency == 0
+        {
             return Err(ConfigError::Server(
-                "webhook_batch_ms, webhook_timeout_ms and job_lease_secs must be at least 1",
+                "webhook_batch_ms, webhook_timeout_ms, job_lease_secs and job_concurrency must be at least 1",
             ));
         }
         if s.outbox_capacity == 0 || s.max_frame_bytes < 1024 {

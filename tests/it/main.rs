@@ -17,6 +17,7 @@ mod http_api;
 mod loadtest_smoke;
 mod mock_http;
 mod presence;
+mod provider_limits;
 mod queue;
 mod receiver;
 mod sdk;
