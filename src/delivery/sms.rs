@@ -414,6 +414,7 @@ mod tests {
             base_url: None,
             timeout_secs: 15,
             status_callback_url: None,
+            max_per_second: None,
         };
         assert!(c.validate().is_ok());
         c.account_sid = Some("AC123".into());

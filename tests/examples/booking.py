@@ -9,7 +9,10 @@ registered through bellhop's directory API (signed like the Pusher HTTP API); th
 events are triggered with the official `pusher` Python server SDK on `private-bookings`, as
 the backend's event bus would. Then the emails (subjects, bodies, the invite and QR code), the
 reminders' timing (24 h before, moved by a reschedule, dropped by a cancellation), the
-delivery records and the webhooks are checked.
+delivery records and the webhooks are checked. A local stand-in for Africa's Talking, Meta's
+WhatsApp Cloud API and Zoho (accounts, CRM, Books) checks each request as the real service
+would and answers with its real bodies: the SMS and WhatsApp confirmations, the CRM contact and
+deal of each booking, and the invoice paid on booking.paid (with the sync log) are checked too.
 
     python3 -m pip install aiosmtpd standardwebhooks pusher cryptography
     BELLHOP_BIN=/path/to/bellhop python3 tests/examples/booking.py
@@ -33,6 +36,7 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 try:
@@ -62,6 +66,12 @@ CHANNEL = "private-bookings"
 FROM = "bookings@acme-bookings.example"
 HOSTS = ["host@acme-bookings.example", "team@acme-bookings.example"]
 UID_DOMAIN = "acme-bookings.example"
+
+# The providers' credentials, as the local stand-in (Providers) expects them.
+AT_USERNAME, AT_API_KEY = "acme-bookings", "atsk_0123456789abcdef0123456789abcdef"
+META_PHONE_NUMBER_ID, META_ACCESS_TOKEN = "106540352242922", "EAAJB0123456789metatoken"
+ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET = "1000.ACMECLIENT0123", "zoho-client-secret"
+ZOHO_REFRESH_TOKEN, ZOHO_ORG = "1000.refresh.acme", "60012345678"
 
 # tests/smtp/server.py's credentials.
 SMTP_USER, SMTP_PASSWORD = "bellhop", "secret"
@@ -248,6 +258,142 @@ class WebhookReceiver:
         common.stop_server(self.server)
 
 
+class Providers:
+    """A local stand-in for Africa's Talking, Meta's WhatsApp Cloud API and Zoho (accounts,
+    CRM, Books), on one port. Each request is checked as the real service checks it (the
+    apiKey header, the Bearer token, the Zoho-oauthtoken and organisation) and answered with
+    that service's real bodies; Zoho keeps its records, so a repeated or retried sync shows
+    whether it made anything twice. Every request is recorded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.tokens = 0
+        self.crm: dict[str, dict[str, dict]] = {"Contacts": {}, "Deals": {}}
+        self.customers: dict[str, str] = {}
+        self.invoices: dict[str, dict] = {}
+        self.payments: list[dict] = []
+        me = self
+
+        class Handler(common.QuietHandler):
+            def answer(self, status: int, body) -> None:
+                raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
+                self.send_response(status)
+                self.send_header("content-type", "application/json" if not isinstance(body, bytes) else "text/plain")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def handle_any(self, method: str) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(n).decode()
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                req = {"method": method, "path": url.path, "query": query, "headers": headers, "body": raw}
+                with me.lock:
+                    me.requests.append(req)
+                    status, body = me.respond(req)
+                self.answer(status, body)
+
+            def do_GET(self):
+                self.handle_any("GET")
+
+            def do_POST(self):
+                self.handle_any("POST")
+
+        self.server = common.serve(Handler, "providers")
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def respond(self, req: dict):
+        path, h = req["path"], req["headers"]
+        if path == "/version1/messaging":
+            if h.get("apikey") != AT_API_KEY:
+                return 401, b"The supplied authentication is invalid"
+            f = dict(urllib.parse.parse_qsl(req["body"]))
+            if f.get("username") != AT_USERNAME:
+                return 401, b"The supplied authentication is invalid"
+            n = len([r for r in self.requests if r["path"] == path])
+            return 201, {"SMSMessageData": {"Message": "Sent to 1/1 Total Cost: KES 0.8000", "Recipients": [
+                {"statusCode": 101, "number": f.get("to"), "status": "Success", "cost": "KES 0.8000",
+                 "messageId": f"ATXid_{n:032x}"}]}}
+        if path == f"/v21.0/{META_PHONE_NUMBER_ID}/messages":
+            if h.get("authorization") != f"Bearer {META_ACCESS_TOKEN}":
+                return 401, {"error": {"message": "Invalid OAuth access token - Cannot parse access token",
+                                       "type": "OAuthException", "code": 190, "fbtrace_id": "AbC"}}
+            body = json.loads(req["body"])
+            n = len([r for r in self.requests if r["path"] == path])
+            return 200, {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                         "messages": [{"id": f"wamid.HBgM{n:08d}", "message_status": "accepted"}]}
+        if path == "/oauth/v2/token":
+            f = dict(urllib.parse.parse_qsl(req["body"]))
+            if (f.get("refresh_token"), f.get("client_id"), f.get("client_secret"), f.get("grant_type")) != (
+                    ZOHO_REFRESH_TOKEN, ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET, "refresh_token"):
+                return 200, {"error": "invalid_client"}
+            self.tokens += 1
+            return 200, {"access_token": f"1000.acmetoken{self.tokens}", "api_domain": self.url,
+                         "token_type": "Bearer", "expires_in": 3600}
+        if h.get("authorization") != f"Zoho-oauthtoken 1000.acmetoken{self.tokens}":
+            return 401, {"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"}
+        if path.startswith("/crm/v2/"):
+            module = path.split("/")[3]
+            body = json.loads(req["body"])
+            record, key = body["data"][0], body["duplicate_check_fields"][0]
+            records = self.crm[module]
+            action = "update" if record[key] in records else "insert"
+            rid = records.get(record[key], {}).get("id") or f"41508680000{module[:1] == 'D' and 5 or 1}{len(records):05d}"
+            records[record[key]] = dict(record, id=rid)
+            return 200, {"data": [{"code": "SUCCESS", "duplicate_field": key if action == "update" else None,
+                                   "action": action, "details": {"id": rid}, "message": "record " + ("updated" if action == "update" else "added"),
+                                   "status": "success"}]}
+        if path.startswith("/books/v3/"):
+            if req["query"].get("organization_id") != ZOHO_ORG:
+                return 400, {"code": 6041, "message": "This user is not associated with the organization."}
+            body = json.loads(req["body"]) if req["body"] else {}
+            rest = path[len("/books/v3"):]
+            if (req["method"], rest) == ("GET", "/contacts"):
+                email = req["query"].get("email")
+                found = [{"contact_id": cid, "email": e} for e, cid in self.customers.items() if e == email]
+                return 200, {"code": 0, "message": "success", "contacts": found}
+            if (req["method"], rest) == ("POST", "/contacts"):
+                cid = f"4600000{len(self.customers) + 100:05d}"
+                self.customers[body["contact_persons"][0]["email"]] = cid
+                return 201, {"code": 0, "message": "The contact has been added.", "contact": {"contact_id": cid}}
+            if (req["method"], rest) == ("GET", "/invoices"):
+                ref = req["query"].get("reference_number")
+                found = [dict(i, reference_number=r) for r, i in self.invoices.items() if r == ref]
+                return 200, {"code": 0, "message": "success", "invoices": found}
+            if (req["method"], rest) == ("POST", "/invoices"):
+                iid = f"4600000{len(self.invoices) + 900:05d}"
+                self.invoices[body["reference_number"]] = {"invoice_id": iid, "status": "draft", "body": body}
+                return 201, {"code": 0, "message": "The invoice has been created.",
+                             "invoice": {"invoice_id": iid, "reference_number": body["reference_number"], "status": "draft"}}
+            if req["method"] == "POST" and rest.endswith("/status/sent"):
+                iid = rest.split("/")[2]
+                for i in self.invoices.values():
+                    if i["invoice_id"] == iid:
+                        i["status"] = "sent"
+                        return 200, {"code": 0, "message": "Invoice status has been changed to Sent."}
+                return 404, {"code": 1002, "message": "Invoice does not exist."}
+            if (req["method"], rest) == ("POST", "/customerpayments"):
+                iid = body["invoices"][0]["invoice_id"]
+                inv = next((i for i in self.invoices.values() if i["invoice_id"] == iid), None)
+                if inv is None or inv["status"] == "draft":
+                    return 400, {"code": 24016, "message": "Payments cannot be recorded for draft invoices."}
+                inv["status"] = "paid"
+                self.payments.append(body)
+                return 201, {"code": 0, "message": "The payment has been created.",
+                             "payment": {"payment_id": f"46000007{len(self.payments):04d}"}}
+        return 404, {"code": 5, "message": "Invalid URL Passed"}
+
+    def to(self, path: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def stop(self) -> None:
+        common.stop_server(self.server)
+
+
 # ----------------------------------------------------------------------------------------
 # bellhop
 # ----------------------------------------------------------------------------------------
@@ -279,23 +425,29 @@ def run(c: Checks, tmp: Path, binary: str) -> None:
     common.no_proxy_for_localhost()
 
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    smtp = hooks = server = None
+    smtp = hooks = server = providers = None
     try:
         smtp = SmtpServer(tmp)
         hooks = WebhookReceiver(secret)
+        providers = Providers()
         config = tmp / "bellhop.toml"
         config.write_text(common.render_config(CONFIG_TEMPLATE, {
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
             "SMTP_USERNAME": SMTP_USER, "SMTP_PASSWORD": SMTP_PASSWORD,
             "SMTP_CA_FILE": str(smtp.cert),
             "EVENT_WEBHOOK_URL": hooks.url, "EVENT_WEBHOOK_SECRET": secret,
+            "AT_USERNAME": AT_USERNAME, "AT_API_KEY": AT_API_KEY,
+            "META_PHONE_NUMBER_ID": META_PHONE_NUMBER_ID, "META_ACCESS_TOKEN": META_ACCESS_TOKEN,
+            "ZOHO_CLIENT_ID": ZOHO_CLIENT_ID, "ZOHO_CLIENT_SECRET": ZOHO_CLIENT_SECRET,
+            "ZOHO_REFRESH_TOKEN": ZOHO_REFRESH_TOKEN, "ZOHO_ORGANIZATION_ID": ZOHO_ORG,
+            "PROVIDERS_URL": providers.url,
         }, all_filled=True))
         (tmp / "data").mkdir()
         server = Bellhop(binary, config, tmp / "data", tmp / "bellhop.log")
         log(f"bellhop at {server.base}, SMTP (STARTTLS) at 127.0.0.1:{smtp.port}, "
             f"webhooks at {hooks.url}")
         try:
-            scenario(c, smtp, hooks, server)
+            scenario(c, smtp, hooks, server, providers)
         finally:
             if c.failed:
                 log("bellhop log (last lines):\n" + server.log_tail())
@@ -304,8 +456,16 @@ def run(c: Checks, tmp: Path, binary: str) -> None:
             server.stop()
         if hooks is not None:
             hooks.stop()
+        if providers is not None:
+            providers.stop()
         if smtp is not None:
             smtp.stop()
+
+
+PHONES = {"B-1001": "0712 345 678", "B-1002": "+966 50 123 4567", "B-1003": "0722 111 222",
+          "B-1004": "0733 444 555"}
+E164 = {"B-1001": "+254712345678", "B-1002": "+966501234567", "B-1003": "+254722111222",
+        "B-1004": "+254733444555"}
 
 
 def booking(booking_id: str, name: str, addr: str, title: str, location: str,
@@ -313,10 +473,12 @@ def booking(booking_id: str, name: str, addr: str, title: str, location: str,
     """The backend's event-bus payload, plus the fields the messages use."""
     return {"booking_id": booking_id, "event_type_id": 12, "team_member_id": TEAM_MEMBER["id"],
             "start_at": iso(start), "end_at": iso(end), "attendee_email": addr,
-            "attendee_name": name, "status": status, "event_title": title, "location": location}
+            "attendee_name": name, "status": status, "event_title": title, "location": location,
+            "attendee_phone": PHONES[booking_id], "price": "120.00"}
 
 
-def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellhop) -> None:
+def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellhop,
+             providers: Providers) -> None:
     base = server.base
     tm = str(TEAM_MEMBER["id"])
 
@@ -548,6 +710,8 @@ def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellho
             [(d_["state"], d_["run_at"]) for d_ in ds],
             [("scheduled", ms(a_start) - DAY_MS), ("scheduled", ms(a_start) - HOUR_MS)])
 
+    mobile_and_crm(c, base, emit, providers, {p["booking_id"]: p for p in (a, b, c_first, d)})
+
     # --- every email, accounted for ----------------------------------------------------------
     want = {"Booking confirmed": 4, "New booking": 8, "Booking moved": 1, "Booking cancelled": 1,
             "Reminder": 4}
@@ -579,7 +743,7 @@ def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellho
                     ("B-1003", "booking.created"), ("B-1003", "booking.confirmed"),
                     ("B-1003", "booking.rescheduled"),
                     ("B-1004", "booking.created"), ("B-1004", "booking.confirmed"),
-                    ("B-1004", "booking.cancelled")]))
+                    ("B-1004", "booking.cancelled"), ("B-1001", "booking.paid")]))
     by_event = {(e, p["booking_id"]): p for e, p in sent_events}
     mismatched = [r["json"] for r in got_hooks if r["json"] and (
         r["json"].get("channel") != CHANNEL
@@ -592,6 +756,76 @@ def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellho
     c.check("webhooks: a distinct webhook-id per event, all POSTed to the subscription's URL",
             len(set(ids)) == len(ids) and all(r["path"] == "/hooks/bookings" for r in got_hooks),
             f"ids: {ids}, paths: {[r['path'] for r in got_hooks]}")
+
+
+def mobile_and_crm(c: Checks, base: str, emit, providers: Providers, bookings: dict) -> None:
+    """SMS and WhatsApp confirmations, the CRM records of each confirmed booking, and the paid
+    invoice of booking.paid, as each provider received them."""
+    a = bookings["B-1001"]
+    sms_path, wa_path = "/version1/messaging", f"/v21.0/{META_PHONE_NUMBER_ID}/messages"
+    wait_until(lambda: len(providers.to(sms_path)) >= 4 and len(providers.to(wa_path)) >= 4
+               and len(providers.to("/crm/v2/Deals/upsert")) >= 4)
+    time.sleep(0.5)  # long enough for a repeated one to have gone out
+    sms = providers.to(sms_path)
+    forms = {f["to"]: f for f in (dict(urllib.parse.parse_qsl(r["body"])) for r in sms)}
+    c.equal("sms: one confirmation per booking (the duplicate event sends none), numbers in E.164 "
+            "(Kenyan local numbers with the app's region, the Saudi one kept)",
+            sorted(dict(urllib.parse.parse_qsl(r["body"]))["to"] for r in sms), sorted(E164.values()))
+    c.equal("sms: Africa's Talking gets its form: username, to, message, from (and the apiKey header)",
+            forms.get(E164["B-1001"]),
+            {"username": AT_USERNAME, "to": E164["B-1001"], "from": "ACME",
+             "message": f"Acme Bookings: {a['event_title']} on {a['start_at'][:10]} at "
+                        f"{a['start_at'][11:16]} is confirmed (ref B-1001)."})
+    wa = providers.to(wa_path)
+    bodies = {json.loads(r["body"])["to"]: json.loads(r["body"]) for r in wa}
+    c.equal("whatsapp: one template message per booking, to the number without its +",
+            sorted(bodies), sorted(n.lstrip("+") for n in E164.values()))
+    c.equal("whatsapp: the Cloud API template body, parameters filled",
+            bodies.get("254712345678"),
+            {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "254712345678",
+             "type": "template", "template": {"name": "booking_confirmation", "language": {"code": "en"},
+                                              "components": [{"type": "body", "parameters": [
+                                                  {"type": "text", "text": a["attendee_name"]},
+                                                  {"type": "text", "text": a["event_title"]},
+                                                  {"type": "text", "text": f"{a['start_at'][:10]} {a['start_at'][11:16]}"}]}]}})
+    contacts, deals = providers.crm["Contacts"], providers.crm["Deals"]
+    c.equal("zoho crm: a contact per attendee, upserted on Email",
+            sorted(contacts), sorted(p["attendee_email"] for p in bookings.values()))
+    c.equal("zoho crm: the contact's fields",
+            {k: v for k, v in contacts.get(a["attendee_email"], {}).items() if k != "id"},
+            {"Email": a["attendee_email"], "Last_Name": a["attendee_name"], "Mobile": a["attendee_phone"]})
+    deal = deals.get("B-1001", {})
+    c.equal("zoho crm: a deal per booking on Booking_Reference, linked to its contact",
+            (sorted(deals), deal.get("Contact_Name"), deal.get("Deal_Name"), deal.get("Stage"),
+             deal.get("Closing_Date")),
+            (sorted(bookings), {"id": contacts.get(a["attendee_email"], {}).get("id")},
+             f"{a['event_title']} (B-1001)", "Closed Won", a["start_at"][:10]))
+    c.equal("zoho: one access token for all of it", providers.tokens, 1)
+
+    # --- the payment: an invoice in Zoho Books, paid ---------------------------------------
+    paid = dict(a, status="paid", payment_id="pi_3QxYz")
+    emit("booking.paid", paid)
+    emit("booking.paid", paid)  # the payment provider's webhook, delivered twice
+    wait_until(lambda: providers.payments)
+    time.sleep(0.5)
+    inv = providers.invoices.get("B-1001")
+    c.equal("zoho books: one invoice for the booking, with its line item",
+            (list(providers.invoices), inv and inv["body"]),
+            (["B-1001"], {"customer_id": providers.customers.get(a["attendee_email"]), "reference_number": "B-1001",
+                          "line_items": [{"name": a["event_title"], "rate": 120.0, "quantity": 1.0,
+                                          "description": f"{a['start_at'][:10]} at {a['start_at'][11:16]}, {a['location']}"}]}))
+    pay = providers.payments[0] if providers.payments else {}
+    c.equal("zoho books: marked sent, then one payment applied in full (the repeated event pays nothing twice)",
+            (inv and inv["status"], len(providers.payments), pay.get("payment_mode"), pay.get("amount"),
+             pay.get("reference_number"), pay.get("invoices")),
+            ("paid", 1, "creditcard", 120.0, "pi_3QxYz", [{"invoice_id": inv and inv["invoice_id"], "amount_applied": 120.0}]))
+    status, body = api(base, "GET", f"/apps/{APP_ID}/zoho/sync_logs", params={"reference": "B-1001"})
+    logs = [(x["operation"], x["entity"], x["status"]) for x in reversed((body or {}).get("sync_logs", []))] if status == 200 else body
+    c.equal("zoho: the sync log of B-1001, oldest first, as the seeds' zohoSyncLogs",
+            logs,
+            [("CONTACT_UPSERT", "Contacts", "SUCCESS"), ("DEAL_CREATE", "Deals", "SUCCESS"),
+             ("CONTACT_UPSERT", "Customers", "SUCCESS"), ("INVOICE_CREATE", "Invoices", "SUCCESS"),
+             ("INVOICE_MARK_PAID", "CustomerPayments", "SUCCESS")])
 
 
 if __name__ == "__main__":

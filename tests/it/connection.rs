@@ -148,6 +148,20 @@ fn config_errors_name_the_problem_and_exit_nonzero() {
     assert!(ok, "{out}");
     assert!(out.contains("app-key"), "{out}");
 
+    // Provider credentials are checked for their shape, without calling anyone.
+    let app = "[[apps]]\nid = '1'\nkey = 'k'\nsecret = 's'\n";
+    let zoho =
+        "[apps.zoho]\nclient_id = '1000.ABC'\nclient_secret = 'x'\nrefresh_token = '1000.r.t'\n";
+    for (toml, want) in [
+        (format!("{app}[apps.zoho]\nclient_id = 'ABC'\nclient_secret = 'x'\nrefresh_token = '1000.r'\n"), "zoho.client_id"),
+        (format!("{app}{zoho}invoices = {{ organization_id = 'org-1' }}\n"), "organization_id"),
+        (format!("{app}{zoho}[[apps.rules]]\nname = 'r'\nchannel = 'c'\nevent = 'e'\ntype = 'T'\nrecipients = [{{ user = 'u' }}]\n[[apps.rules.deliver]]\nchannel = 'zoho'\nzoho = {{ deal = {{ Deal_Name = 'x' }} }}\n"), "linked to its contact"),
+    ] {
+        std::fs::write(&path, toml).unwrap();
+        let (ok, out) = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
+        assert!(!ok && out.contains(want), "want {want:?} in {out}");
+    }
+
     let (ok, out) = run_cli(&["--help"], &[]);
     assert!(ok);
     for var in [

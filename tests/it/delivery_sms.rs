@@ -134,6 +134,7 @@ async fn africas_talking_gets_its_form_and_a_timeout_is_ambiguous_not_resent() {
                 status: 401,
                 headers: vec![],
                 body: "The supplied authentication is invalid".into(),
+                delay: None,
             };
         }
         let f = form(&req.body);

@@ -16,6 +16,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long the service takes to answer.
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Response {
@@ -24,7 +26,13 @@ impl Response {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
+            delay: None,
         }
+    }
+
+    pub fn after(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -95,6 +103,9 @@ async fn serve(mut sock: TcpStream, recorded: Arc<Mutex<Vec<Request>>>, respond:
     // Keep-alive: requests on one connection are answered in turn.
     while let Some(req) = crate::receiver::read_request(&mut sock).await {
         let resp = respond(&req);
+        if let Some(d) = resp.delay {
+            tokio::time::sleep(d).await;
+        }
         recorded.lock().unwrap().push(req);
         let mut out = format!(
             "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",

@@ -70,16 +70,26 @@ body = 'Alert {{{{ n }}}}'
 }
 
 /// Twilio's answer to a send, with the time it arrived.
-fn twilio(arrivals: &Arc<Mutex<Vec<(Instant, String)>>>, req: &crate::mock_http::Request, first_429: bool) -> Response {
+fn twilio(
+    arrivals: &Arc<Mutex<Vec<(Instant, String)>>>,
+    req: &crate::mock_http::Request,
+    first_429: bool,
+) -> Response {
     let body = form(&req.body)["Body"].clone();
     let mut a = arrivals.lock().unwrap();
     a.push((Instant::now(), body));
     if first_429 && a.len() == 1 {
-        return Response::json(429, json!({"code": 20429, "message": "Too Many Requests",
-            "more_info": "https://www.twilio.com/docs/errors/20429", "status": 429}))
+        return Response::json(
+            429,
+            json!({"code": 20429, "message": "Too Many Requests",
+            "more_info": "https://www.twilio.com/docs/errors/20429", "status": 429}),
+        )
         .header("Retry-After", "3");
     }
-    Response::json(201, json!({"sid": format!("SM{:032}", a.len()), "status": "queued"}))
+    Response::json(
+        201,
+        json!({"sid": format!("SM{:032}", a.len()), "status": "queued"}),
+    )
 }
 
 fn nodes_that_sent(ds: &[Value]) -> std::collections::BTreeSet<String> {
@@ -99,7 +109,11 @@ async fn two_nodes_share_one_sms_budget() {
     put(&apis[0], "/users/u1", json!({"phone": "0712 345 678"})).await;
     for n in 0..8 {
         let r = apis[n % 2]
-            .trigger("alerts", "alert", &json!({"user": "u1", "n": n}).to_string())
+            .trigger(
+                "alerts",
+                "alert",
+                &json!({"user": "u1", "n": n}).to_string(),
+            )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
@@ -112,7 +126,10 @@ async fn two_nodes_share_one_sms_budget() {
     // budgets of their own would let 4 through each second.)
     for w in times.windows(5) {
         let span = w[4] - w[0];
-        assert!(span >= Duration::from_millis(900), "5 sends within {span:?}");
+        assert!(
+            span >= Duration::from_millis(900),
+            "5 sends within {span:?}"
+        );
     }
 }
 
@@ -125,13 +142,21 @@ async fn a_429_on_one_node_pauses_the_provider_on_every_node() {
     let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
     put(&apis[0], "/users/u1", json!({"phone": "0712 345 678"})).await;
     apis[0]
-        .trigger("alerts", "alert", &json!({"user": "u1", "n": "first"}).to_string())
+        .trigger(
+            "alerts",
+            "alert",
+            &json!({"user": "u1", "n": "first"}).to_string(),
+        )
         .await;
     mock.wait_for("/", 1, 10).await;
     let refused_at = arrivals.lock().unwrap()[0].0;
     for n in 0..3 {
         apis[1]
-            .trigger("alerts", "alert", &json!({"user": "u1", "n": n}).to_string())
+            .trigger(
+                "alerts",
+                "alert",
+                &json!({"user": "u1", "n": n}).to_string(),
+            )
             .await;
     }
     let ds = settled(&apis[1], "u1", 4, 30).await;
@@ -148,9 +173,16 @@ async fn a_429_on_one_node_pauses_the_provider_on_every_node() {
     let held: Vec<&Value> = ds
         .iter()
         .flat_map(|d| d["attempts"].as_array().unwrap())
-        .filter(|a| a["detail"].as_str().is_some_and(|d| d.contains("asked to pause")))
+        .filter(|a| {
+            a["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("asked to pause"))
+        })
         .collect();
-    assert!(!held.is_empty(), "the others were held by the pause: {ds:?}");
+    assert!(
+        !held.is_empty(),
+        "the others were held by the pause: {ds:?}"
+    );
 }
 
 #[tokio::test]
@@ -162,9 +194,9 @@ async fn one_zoho_token_refresh_per_expiry_across_nodes() {
         if req.path == "/oauth/v2/token" {
             let n = r.fetch_add(1, Ordering::SeqCst) + 1;
             // A slow accounts server widens the window in which two nodes could both refresh.
-            std::thread::sleep(Duration::from_millis(200));
             return Response::json(200, json!({"access_token": format!("1000.tok{n}"),
-                "api_domain": b.lock().unwrap().clone(), "token_type": "Bearer", "expires_in": 3600}));
+                "api_domain": b.lock().unwrap().clone(), "token_type": "Bearer", "expires_in": 3600}))
+                .after(Duration::from_millis(200));
         }
         let current = format!("Zoho-oauthtoken 1000.tok{}", r.load(Ordering::SeqCst));
         if req.headers.get("authorization") != Some(&current) {
@@ -204,21 +236,39 @@ zoho = {{ contact = {{ Email = '{{{{ email }}}}', Last_Name = 'Guest {{{{ n }}}}
     let (_redis, nodes) = cluster(&toml, 2).await;
     let apis: Vec<Api> = nodes.iter().map(Api::new).collect();
     put(&apis[0], "/users/z1", json!({})).await;
-    let book = |n: usize| json!({"customer_id": "z1", "email": format!("g{n}@example.com"), "n": n}).to_string();
+    let book = |n: usize| {
+        json!({"customer_id": "z1", "email": format!("g{n}@example.com"), "n": n}).to_string()
+    };
     for n in 0..6 {
-        apis[n % 2].trigger("bookings", "booking.created", &book(n)).await;
+        apis[n % 2]
+            .trigger("bookings", "booking.created", &book(n))
+            .await;
     }
     let ds = settled(&apis[0], "z1", 6, 30).await;
     assert!(ds.iter().all(|d| d["state"] == "sent"), "{ds:?}");
-    assert_eq!(nodes_that_sent(&ds).len(), 2, "both nodes called Zoho: {ds:?}");
-    assert_eq!(refreshes.load(Ordering::SeqCst), 1, "one token for both nodes");
+    assert_eq!(
+        nodes_that_sent(&ds).len(),
+        2,
+        "both nodes called Zoho: {ds:?}"
+    );
+    assert_eq!(
+        refreshes.load(Ordering::SeqCst),
+        1,
+        "one token for both nodes"
+    );
 
     // Zoho revokes the token (as at its expiry): both nodes are refused, one refreshes.
     refreshes.fetch_add(1, Ordering::SeqCst);
     for n in 6..12 {
-        apis[n % 2].trigger("bookings", "booking.created", &book(n)).await;
+        apis[n % 2]
+            .trigger("bookings", "booking.created", &book(n))
+            .await;
     }
     let ds = settled(&apis[0], "z1", 12, 30).await;
     assert!(ds.iter().all(|d| d["state"] == "sent"), "{ds:?}");
-    assert_eq!(refreshes.load(Ordering::SeqCst), 3, "one refresh after the expiry");
+    assert_eq!(
+        refreshes.load(Ordering::SeqCst),
+        3,
+        "one refresh after the expiry"
+    );
 }
