@@ -134,6 +134,10 @@ struct Books {
     expire_next: bool,
     /// Answer 500 to the next payment (Zoho's side failed; bellhop retries).
     fail_next_payment: bool,
+    /// `books` or `invoice`: the product whose API this is.
+    product: &'static str,
+    /// Answer the first API call with Zoho's 429 (calls per minute exceeded).
+    rate_limit_first: bool,
 }
 
 fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Request) -> Response {
@@ -148,7 +152,16 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
     }
     let url = reqwest::Url::parse(&format!("http://x{}", req.path)).unwrap();
     let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
-    if q.get("organization_id").map(String::as_str) != Some("60012345678") {
+    // Books takes the organisation in the query, Invoice in a header.
+    let prefix = format!("/{}/v3", s.product);
+    let org = match s.product {
+        "books" => q.get("organization_id"),
+        _ => req.headers.get("x-com-zoho-invoice-organizationid"),
+    };
+    let Some(rest) = url.path().strip_prefix(&prefix) else {
+        return Response::json(404, json!({"code": 5, "message": "Invalid URL Passed"}));
+    };
+    if org.map(String::as_str) != Some("60012345678") {
         return Response::json(
             400,
             json!({"code": 6041, "message": "This user is not associated with the organization."}),
@@ -162,9 +175,16 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             json!({"code": 57, "message": "You are not authorized to perform this operation"}),
         );
     }
+    if std::mem::take(&mut s.rate_limit_first) {
+        return Response::json(
+            429,
+            json!({"code": 44, "message": "You have made too many requests. Please try after some time."}),
+        )
+        .header("Retry-After", "1");
+    }
     let body: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
-    match (req.method.as_str(), url.path()) {
-        ("GET", "/books/v3/contacts") => {
+    match (req.method.as_str(), rest) {
+        ("GET", "/contacts") => {
             let found: Vec<Value> = s
                 .customers
                 .iter()
@@ -176,7 +196,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
                 json!({"code": 0, "message": "success", "contacts": found}),
             )
         }
-        ("POST", "/books/v3/contacts") => {
+        ("POST", "/contacts") => {
             assert_eq!(body["contact_type"], "customer");
             let email = body["contact_persons"][0]["email"]
                 .as_str()
@@ -189,7 +209,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
                 json!({"code": 0, "message": "The contact has been added.", "contact": {"contact_id": id, "contact_name": body["contact_name"]}}),
             )
         }
-        ("GET", "/books/v3/invoices") => {
+        ("GET", "/invoices") => {
             let found: Vec<Value> = s
                 .invoices
                 .iter()
@@ -201,7 +221,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
                 json!({"code": 0, "message": "success", "invoices": found}),
             )
         }
-        ("POST", "/books/v3/invoices") => {
+        ("POST", "/invoices") => {
             s.invoice_posts += 1;
             assert!(
                 s.customers.iter().any(|(_, id)| body["customer_id"] == *id),
@@ -225,7 +245,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
         }
         ("POST", p) if p.ends_with("/status/sent") => {
             let id = p
-                .trim_start_matches("/books/v3/invoices/")
+                .trim_start_matches("/invoices/")
                 .trim_end_matches("/status/sent");
             match s.invoices.iter_mut().find(|(_, i, _)| i == id) {
                 Some(inv) => {
@@ -241,7 +261,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
                 ),
             }
         }
-        ("POST", "/books/v3/customerpayments") => {
+        ("POST", "/customerpayments") => {
             if std::mem::take(&mut s.fail_next_payment) {
                 return Response::json(500, json!({"code": 9999, "message": "Internal error"}));
             }
@@ -269,7 +289,21 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
 
 #[tokio::test]
 async fn a_payment_makes_one_paid_invoice_through_a_token_expiry_and_a_failed_payment() {
-    let state = Arc::new(Mutex::new(Books::default()));
+    invoice_flow("books").await;
+}
+
+/// Zoho Invoice, and a 429 on the first call: paused, retried, then the same flow.
+#[tokio::test]
+async fn zoho_invoice_takes_the_organisation_header_and_a_429_pauses_then_retries() {
+    invoice_flow("invoice").await;
+}
+
+async fn invoice_flow(product: &'static str) {
+    let state = Arc::new(Mutex::new(Books {
+        product,
+        rate_limit_first: product == "invoice",
+        ..Books::default()
+    }));
     let base = Arc::new(Mutex::new(String::new()));
     let (s, b) = (state.clone(), base.clone());
     let zoho = Mock::start(move |req| books_answer(&s, &b.lock().unwrap(), req)).await;
@@ -286,7 +320,7 @@ client_id = '1000.CLIENT'
 client_secret = 'secret'
 refresh_token = '1000.refresh'
 accounts_url = '{}'
-invoices = {{ product = 'books', organization_id = '60012345678' }}
+invoices = {{ product = '{product}', organization_id = '60012345678' }}
 
 [[apps.rules]]
 name = 'invoice'
@@ -371,8 +405,13 @@ paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ pa
             )
         })
         .collect();
+    let rate_limited: &[&str] = match product {
+        "invoice" => &["CONTACT_UPSERT FAILED -"],
+        _ => &[],
+    };
+    assert_eq!(ops[..rate_limited.len()], *rate_limited);
     assert_eq!(
-        ops,
+        ops[rate_limited.len()..],
         [
             "CONTACT_UPSERT SUCCESS 46000000042",
             "INVOICE_CREATE SUCCESS 46000000900",
@@ -382,6 +421,10 @@ paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ pa
             "INVOICE_MARK_PAID SUCCESS 4600000077001",
         ]
     );
+    if product == "invoice" {
+        let first = r.body["sync_logs"].as_array().unwrap().last().unwrap();
+        assert!(first["error"].as_str().unwrap().contains("429"), "{first}");
+    }
     let failed = &r.body["sync_logs"][3];
     assert_eq!(failed["entity"], "CustomerPayments");
     assert!(
