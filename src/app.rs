@@ -2,7 +2,6 @@
 //! server, and stop them in order.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -322,42 +321,24 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let stall_timeout = Duration::from_secs(cfg.activity_timeout_secs + cfg.pong_timeout_secs);
-    let data = state.clone();
-    let server = HttpServer::new(move || {
-        WebApp::new()
-            .app_data(data.clone())
-            .wrap(actix_web::middleware::from_fn(http::metrics::observe_api))
-            .configure(http::routes)
-    })
-    .on_connect(move |conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            // Small frames must leave at once; Nagle would hold them for the peer's delayed ACK.
-            let _ = tcp.set_nodelay(true);
-            // A peer that stops reading (or vanishes) must not hold its socket and buffers
-            // for ever: the kernel gives up on unacknowledged data after this long.
-            let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(stall_timeout));
-        }
-    })
-    .workers(threads(config.server.workers))
-    .backlog(4096)
-    .max_connections(200_000)
-    .shutdown_timeout(5)
-    .disable_signals()
-    .client_request_timeout(Duration::from_secs(10));
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = match tls {
-        Some(tls) => server.bind_rustls_0_23(&addr, tls),
-        None => server.bind(&addr),
-    }
+    let (server, bound) = http::server::build(
+        state.clone(),
+        http::server::Settings {
+            addr: addr.clone(),
+            tls,
+            workers: threads(config.server.workers),
+            stall_timeout,
+        },
+    )
     .map_err(|source| RunError::Bind {
         addr: addr.clone(),
         source,
     })?;
-    let bound: Vec<SocketAddr> = server.addrs();
     for a in &bound {
         tracing::info!(addr = %a, apps = state.apps.all().len(), scheme, "bellhop listening");
         // A machine-readable line on stdout, so scripts and tests can find a port picked by
@@ -387,7 +368,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let metrics_handle = metrics.handle();
     actix_web::rt::spawn(metrics);
     let _ = std::io::stdout().flush();
-    let server = server.run();
     actix_web::rt::spawn(shutdown_on_signal(state.clone(), server.handle()));
     let result = server.await.map_err(RunError::Serve);
     if let Some(ledger) = &state.ledger {

@@ -34,6 +34,9 @@ enum Scenario {
     ClientEvents(scenario::client_events::Args),
     /// Users joining and leaving presence channels; member events received vs expected.
     PresenceChurn(scenario::presence_churn::Args),
+    /// Connections cycling connect/subscribe/unsubscribe/disconnect at R/s beside idle
+    /// ones; the server's RSS sampled to show it stays flat.
+    Churn(scenario::churn::Args),
 }
 
 #[tokio::main]
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Trigger(a) => scenario::trigger::run(&cli.target, a).await?,
         Scenario::ClientEvents(a) => scenario::client_events::run(&cli.target, a).await?,
         Scenario::PresenceChurn(a) => scenario::presence_churn::run(&cli.target, a).await?,
+        Scenario::Churn(a) => scenario::churn::run(&cli.target, a).await?,
     };
     report.print();
     if !report.ok {

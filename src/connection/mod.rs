@@ -1,28 +1,30 @@
 //! One task per WebSocket reads client frames, answers them (through [`dispatch`] for the
 //! decisions), keeps the connection alive with pings, and on the way out leaves every channel
 //! it joined. Everything sent to the client — its own answers and channel events alike —
-//! goes through the connection's bounded [`Outbox`] and leaves through the [`Writer`], the
-//! response body of the upgrade.
+//! goes through the connection's bounded [`Outbox`] and leaves through the [`Writer`], which
+//! writes to the socket the upgrade handed over.
 
 pub mod dispatch;
+mod frames;
 mod outbox;
 mod registry;
-mod writer;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bellhop_protocol::server::{self};
 use bellhop_protocol::signing;
 use bellhop_protocol::{ChannelName, ClientEvent, ErrorCode, SocketId, SubscribeRequest, UserId};
 use bytestring::ByteString;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::{sleep_until, Instant};
 
+pub use frames::FrameReader;
 pub use outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
 pub use registry::Connections;
 pub use writer::Writer;
@@ -562,7 +564,10 @@ impl Connection {
 
 /// The connection's life: handshake frame, then client frames until the client leaves or
 /// the connection is closed from either side.
-pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
+pub async fn run<S>(mut conn: Connection, mut stream: S)
+where
+    S: Stream<Item = Result<AggregatedMessage, ProtocolError>> + Unpin,
+{
     let cfg = conn.state.clone();
     let cfg = &cfg.config;
     let activity = Duration::from_secs(cfg.activity_timeout_secs);
@@ -604,7 +609,7 @@ pub async fn run(mut conn: Connection, mut stream: AggregatedMessageStream) {
                         break Some(CloseRequest::WebSocket(code.into(), String::new()));
                     }
                     None => break None,
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                    Some(Err(ProtocolError::Overflow)) => {
                         let message = format!("frame exceeds the limit of {} bytes", cfg.max_frame_bytes);
                         conn.error(ErrorCode::GenericError, &message);
                         break Some(CloseRequest::WebSocket(CloseCode::Size.into(), message));

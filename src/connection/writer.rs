@@ -1,7 +1,7 @@
-//! The socket's writing side, as the WebSocket response body: it drains the outbox and
-//! encodes every queued frame into one buffer, so a burst of frames costs one write. Closing
-//! is the writer's job too: it sends the explanation and the close frame, then ends the body,
-//! which ends the connection.
+//! The socket's writing side: it drains the outbox and encodes every queued frame into one
+//! buffer, so a burst of frames costs one write, and [`drive`] writes that straight to the
+//! socket. Closing is the writer's job too: it sends the explanation and the close frame,
+//! then shuts the socket's sending side.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,9 +11,10 @@ use actix_codec::Encoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Message};
 use actix_web::web::{Bytes, BytesMut};
 use bellhop_protocol::server;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::{CloseRequest, Frame, Next, OutboxReceiver};
+use super::outbox::{CloseRequest, Frame, Next, Outbox, OutboxReceiver};
 
 pub struct Writer {
     rx: OutboxReceiver,
@@ -91,4 +92,21 @@ impl Stream for Writer {
         }
         Poll::Ready(Some(Ok(this.buf.split().freeze())))
     }
+}
+
+/// Writes everything the writer produces to `io`, then shuts it. A failed write (the peer
+/// is gone or stopped reading past the TCP user timeout) closes the outbox, so the
+/// connection stops acting for a client that can no longer hear it.
+pub async fn drive<W: AsyncWrite + Unpin>(mut writer: Writer, mut io: W, outbox: Outbox) {
+    while let Some(chunk) = writer.next().await {
+        let written = match chunk {
+            Ok(bytes) => io.write_all(&bytes).await,
+            Err(_) => break,
+        };
+        if written.is_err() {
+            outbox.close(CloseRequest::WebSocket(1006, String::new()));
+            return;
+        }
+    }
+    let _ = io.shutdown().await;
 }

@@ -5,7 +5,8 @@ pub mod api;
 pub mod error;
 mod health;
 pub mod metrics;
-mod ws;
+pub mod server;
+pub mod ws;
 
 use actix_web::web;
 
@@ -13,7 +14,7 @@ pub use error::ApiError;
 
 /// Every route bellhop serves.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/app/{key}", web::get().to(ws::upgrade))
+    cfg.route("/app/{key}", web::get().to(ws::not_upgraded))
         .route(
             "/apps/{app_id}/events",
             web::post().to(api::events::trigger),

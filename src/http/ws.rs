@@ -1,61 +1,106 @@
 //! The WebSocket upgrade at `/app/{key}`: admits the connection (app, protocol version,
-//! connection quota) and hands the socket to its own task. A refusal still completes the
+//! connection quota), answers the handshake and takes the socket over from the HTTP layer. A refusal still completes the
 //! upgrade so the client gets a `pusher:error` and the matching close code, never a bare
 //! dropped TCP connection.
 
 use std::sync::Arc;
 
-use actix_http::body::{BodyStream, MessageBody};
+use actix_codec::{AsyncRead, AsyncWrite, Framed};
+use actix_http::body::{BodySize, BoxBody};
 use actix_http::ws::handshake;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_http::{h1, HttpMessage, Request, Response, StatusCode};
+use actix_web::{web, HttpResponse};
 use bellhop_protocol::limits::SUPPORTED_PROTOCOLS;
 use bellhop_protocol::ErrorCode;
+use futures_util::SinkExt;
 
 use crate::apps::{App, ConnectionSlot};
 use crate::cluster::{Entry, Op};
-use crate::connection::{self, outbox, CloseRequest, Connection, Writer};
+use crate::connection::{self, outbox, CloseRequest, Connection, FrameReader, Writer};
 use crate::state::ServerState;
 
-pub async fn upgrade(
-    req: HttpRequest,
-    body: web::Payload,
-    key: web::Path<String>,
-    state: web::Data<ServerState>,
-) -> actix_web::Result<HttpResponse> {
-    // actix-ws validates the handshake and gives the reading half; the writing half is our
-    // own response body, fed straight from the connection's outbox.
-    let (_, _, stream) = actix_ws::handle(&req, body)?;
+/// Every upgrade request of the HTTP server comes here with its socket (the HTTP layer's
+/// buffers go with it and are dropped): `/app/{key}` becomes a Pusher connection, anything
+/// else is answered 404. From the 101 on, the socket is read by [`FrameReader`] and written
+/// by the connection's [`Writer`], with nothing in between.
+pub async fn takeover<T>(
+    state: Arc<ServerState>,
+    req: Request,
+    mut framed: Framed<T, h1::Codec>,
+) -> std::io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let key = req
+        .path()
+        .strip_prefix("/app/")
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+        .map(str::to_owned);
+    let Some(key) = key else {
+        return answer(&mut framed, Response::new(StatusCode::NOT_FOUND)).await;
+    };
+    let mut response = match handshake(req.head()) {
+        Ok(r) => r,
+        Err(e) => return answer(&mut framed, Response::from(&e)).await,
+    };
     let max = state.config.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let state = state.into_inner();
     let (tx, rx) = outbox(state.config.outbox_capacity);
     let origin = req
         .headers()
         .get(actix_web::http::header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    let admitted = match admit(&state, &key, req.query_string(), origin) {
+    let admitted = match admit(&state, &key, req.uri().query().unwrap_or(""), origin) {
         Ok((app, slot)) => admit_in_cluster(&state, &app)
             .await
             .map(|counted| (app, slot, counted)),
         Err(code) => Err(code),
     };
-    match admitted {
-        Ok((app, slot, counted)) => {
-            let conn = Connection::new(state, app, slot, tx, counted);
-            actix_web::rt::spawn(connection::run(conn, stream));
-        }
+    let conn = match admitted {
+        Ok((app, slot, counted)) => Some(Connection::new(
+            state.clone(),
+            app,
+            slot,
+            tx.clone(),
+            counted,
+        )),
         Err(code) => {
-            tracing::debug!(key = %key.as_str(), code = code.number(), "connection refused");
+            tracing::debug!(key = %key, code = code.number(), "connection refused");
+            // The upgrade still completes, so the client reads why before the close.
             tx.close(CloseRequest::Pusher(code, code.message().into()));
+            None
         }
+    };
+    let head = response.finish().drop_body();
+    if let Err(e) = framed.send(h1::Message::Item((head, BodySize::None))).await {
+        tx.close(CloseRequest::WebSocket(1006, String::new()));
+        return Err(std::io::Error::other(e.to_string()));
     }
-    let response = handshake(req.head())?
-        .message_body(BodyStream::new(Writer::new(rx)).boxed())?
-        .into();
-    Ok(response)
+    let parts = framed.into_parts();
+    let (read, write) = tokio::io::split(parts.io);
+    actix_web::rt::spawn(connection::writer::drive(Writer::new(rx), write, tx));
+    if let Some(conn) = conn {
+        connection::run(conn, FrameReader::new(read, parts.read_buf, max)).await;
+    }
+    Ok(())
+}
+
+/// A plain HTTP answer on a connection that asked to upgrade (then it closes).
+async fn answer<T>(framed: &mut Framed<T, h1::Codec>, res: Response<BoxBody>) -> std::io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let res = res.drop_body();
+    framed
+        .send(h1::Message::Item((res, BodySize::Sized(0))))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// `GET /app/{key}` without an upgrade: it is only ever a WebSocket.
+pub async fn not_upgraded() -> HttpResponse {
+    HttpResponse::BadRequest()
+        .insert_header((actix_web::http::header::UPGRADE, "websocket"))
+        .body("expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
 }
 
 /// Clustered, an app's connection limit holds across every node: the ledger counts the

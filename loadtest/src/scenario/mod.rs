@@ -1,5 +1,6 @@
 //! One module per scenario. Each takes the target and its own bounded arguments.
 
+pub mod churn;
 pub mod client_events;
 pub mod connect;
 pub mod fanout;
