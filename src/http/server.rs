@@ -81,7 +81,7 @@ pub fn build(
                         async move {
                             Ok::<_, ()>(fn_service(
                                 move |(req, framed): (Request, Framed<TcpStream, h1::Codec>)| {
-                                    upgrade(state.clone(), req, framed)
+                                    Box::pin(upgrade(state.clone(), req, framed))
                                 },
                             ))
                         }
@@ -104,7 +104,7 @@ pub fn build(
                         async move {
                             Ok::<_, ()>(fn_service(
                                 move |(req, framed): (Request, Framed<Tls, h1::Codec>)| {
-                                    upgrade(state.clone(), req, framed)
+                                    Box::pin(upgrade(state.clone(), req, framed))
                                 },
                             ))
                         }

@@ -76,10 +76,14 @@ where
         return Err(std::io::Error::other(e.to_string()));
     }
     let parts = framed.into_parts();
+    // The HTTP layer's 8 KB read buffer goes; whatever the client sent after its request
+    // (nothing, usually) moves to a buffer sized to it.
+    let leftover = actix_web::web::BytesMut::from(&parts.read_buf[..]);
     let (read, write) = tokio::io::split(parts.io);
     actix_web::rt::spawn(connection::writer::drive(Writer::new(rx), write, tx));
+    // A task of its own: the HTTP dispatcher (sized for any request) finishes here.
     if let Some(conn) = conn {
-        connection::run(conn, FrameReader::new(read, parts.read_buf, max)).await;
+        actix_web::rt::spawn(connection::run(conn, FrameReader::new(read, leftover, max)));
     }
     Ok(())
 }
