@@ -138,3 +138,73 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    /// A masked client frame (mask 0: the payload reads as itself).
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut f = vec![
+            (u8::from(fin) << 7) | opcode,
+            0x80 | payload.len() as u8,
+            0,
+            0,
+            0,
+            0,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<AggregatedMessage, ProtocolError>> {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(&bytes).await.unwrap();
+        drop(client);
+        FrameReader::new(server, BytesMut::new(), max)
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn continuations_are_joined_and_control_frames_pass_between_them() {
+        let mut bytes = frame(false, 0x1, b"{\"event\":");
+        bytes.extend(frame(true, 0x9, b"p"));
+        bytes.extend(frame(true, 0x0, b"\"x\"}"));
+        bytes.extend(frame(true, 0x1, b"second"));
+        let got = read_all(bytes, 100).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(&got[0], Ok(AggregatedMessage::Ping(p)) if &p[..] == b"p"));
+        assert!(matches!(&got[1], Ok(AggregatedMessage::Text(t)) if t == "{\"event\":\"x\"}"));
+        assert!(matches!(&got[2], Ok(AggregatedMessage::Text(t)) if t == "second"));
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_and_messages_overflow_and_bad_text_is_refused() {
+        let got = read_all(frame(true, 0x1, &[b'a'; 20]), 10).await;
+        assert!(
+            matches!(got.as_slice(), [Err(ProtocolError::Overflow)]),
+            "{got:?}"
+        );
+        let mut parts = frame(false, 0x1, &[b'a'; 8]);
+        parts.extend(frame(true, 0x0, &[b'a'; 8]));
+        let got = read_all(parts, 10).await;
+        assert!(
+            matches!(got.as_slice(), [Err(ProtocolError::Overflow)]),
+            "{got:?}"
+        );
+        let got = read_all(frame(true, 0x1, &[0xff, 0xfe]), 10).await;
+        assert!(
+            matches!(got.as_slice(), [Err(ProtocolError::Io(_))]),
+            "{got:?}"
+        );
+        let got = read_all(frame(true, 0x0, b"x"), 10).await;
+        assert!(
+            matches!(got.as_slice(), [Err(ProtocolError::ContinuationNotStarted)]),
+            "a continuation with no start: {got:?}"
+        );
+    }
+}
