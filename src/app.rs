@@ -190,6 +190,11 @@ async fn shutdown_on_signal(state: web::Data<ServerState>, server: actix_web::de
     while !state.connections.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A connection leaves the registry just before its writer sends the close frame.
+    tokio::time::sleep_until(
+        (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline),
+    )
+    .await;
     server.stop(true).await;
 }
 
