@@ -116,6 +116,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn ws_url(&self, key: &str) -> String {
         format!(
             "ws://{}/app/{key}?protocol=7&client=it&version=1",

@@ -2,7 +2,7 @@
 //! test (zero lost or duplicated deliveries), and the smoke scenario CI runs. Speed is
 //! measured with `scripts/bench.sh`, never here.
 
-use bellhop_loadtest::scenario::{client_events, fanout, presence_churn, trigger};
+use bellhop_loadtest::scenario::{churn, client_events, fanout, presence_churn, trigger};
 use bellhop_loadtest::Target;
 
 use crate::harness::{Setup, APP_ID, KEY, SECRET};
@@ -123,4 +123,50 @@ async fn presence_churn_across_two_nodes_is_exact() {
     assert_eq!(r.json["nodes"], 2);
     assert_eq!(r.json["member_added"], r.json["expected"]);
     assert_eq!(r.json["member_removed"], r.json["expected"]);
+}
+
+#[tokio::test]
+async fn churn_cycles_cleanly_and_samples_the_server() {
+    let server = Setup::new().start();
+    let mut t = target(&server);
+    t.server_pid = Some(server.pid());
+    let r = churn::run(
+        &t,
+        churn::Args {
+            rate: 100.0,
+            duration: 4,
+            warmup: 1,
+            sample_every: 1,
+            base: 20,
+            channels: 5,
+            // A debug build's heap is still settling after a second; the bound catches a
+            // runaway, the 30-minute run in docs/performance.md measures flatness.
+            tolerance: 50.0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{:?}", r.summary);
+    assert_eq!(r.json["failures"], 0);
+    assert!(r.json["cycles"].as_u64().unwrap() >= 300, "{}", r.json);
+    assert!(
+        r.json["rss_samples_kb"].as_array().unwrap().len() >= 2,
+        "{}",
+        r.json
+    );
+    // Every cycle and then the base left: no channel of the run is still occupied.
+    let api = crate::api::Api::new(&server);
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        let r = api
+            .get("/channels", &[("filter_by_prefix", "churn-")])
+            .await;
+        assert_eq!(r.status, 200);
+        left = r.body["channels"].as_object().unwrap().len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "channels still occupied after the run");
 }
