@@ -638,6 +638,12 @@ where
             }
         }
     };
+    finish(conn, close);
+}
+
+/// Everything a connection undoes when it ends: its channels, its registry entry, its share
+/// of the cluster's counts. Also for a connection whose handshake never reached the client.
+pub fn finish(mut conn: Connection, close: Option<CloseRequest>) {
     conn.leave_all();
     conn.state.connections.remove(
         conn.socket_id,
@@ -647,8 +653,8 @@ where
     let app_label = [conn.app.id.as_str()];
     METRICS.connected.with_label_values(&app_label).dec();
     METRICS.disconnections.with_label_values(&app_label).inc();
-    // The writer ends the response once the close is sent; without a reason (the client
-    // went away) it still needs telling, so that nothing waits on this socket.
+    // The writer ends once the close is sent; without a reason (the client went away) it
+    // still needs telling, so that nothing waits on this socket.
     conn.outbox
         .close(close.unwrap_or(CloseRequest::WebSocket(1000, String::new())));
     tracing::debug!(app_id = %conn.app.id, socket_id = %conn.socket_id, "connection closed");

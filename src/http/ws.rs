@@ -72,7 +72,13 @@ where
     };
     let head = response.finish().drop_body();
     if let Err(e) = framed.send(h1::Message::Item((head, BodySize::None))).await {
-        tx.close(CloseRequest::WebSocket(1006, String::new()));
+        // The client never saw the 101: undo what admitting it counted.
+        match conn {
+            Some(conn) => {
+                connection::finish(conn, Some(CloseRequest::WebSocket(1006, String::new())))
+            }
+            None => tx.close(CloseRequest::WebSocket(1006, String::new())),
+        }
         return Err(std::io::Error::other(e.to_string()));
     }
     let parts = framed.into_parts();
