@@ -4,14 +4,11 @@
 //! then shuts the socket's sending side.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use actix_codec::Encoder;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Message};
-use actix_web::web::{Bytes, BytesMut};
+use actix_web::web::BytesMut;
 use bellhop_protocol::server;
-use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::outbox::{CloseRequest, Frame, Next, Outbox, OutboxReceiver};
@@ -67,46 +64,42 @@ impl Writer {
     }
 }
 
-impl Stream for Writer {
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
+impl Writer {
+    /// Waits for queued frames (or the close) and encodes all of them into the buffer;
+    /// false once the close has been encoded and written.
+    async fn fill(&mut self) -> Result<bool, actix_http::ws::ProtocolError> {
+        if self.done {
+            return Ok(false);
         }
-        let next = match this.rx.poll_recv(cx, &mut this.batch) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(next) => next,
-        };
-        let encoded = this.encode_batch().and_then(|()| match next {
-            Next::Frames => Ok(()),
-            Next::Close(req) => {
-                this.done = true;
-                this.encode_close(req)
-            }
-        });
-        if let Err(e) = encoded {
-            this.done = true;
-            return Poll::Ready(Some(Err(e.into())));
+        let next = self.rx.recv(&mut self.batch).await;
+        self.encode_batch()?;
+        if let Next::Close(req) = next {
+            self.done = true;
+            self.encode_close(req)?;
         }
-        Poll::Ready(Some(Ok(this.buf.split().freeze())))
+        Ok(true)
     }
 }
 
 /// Writes everything the writer produces to `io`, then shuts it. A failed write (the peer
 /// is gone or stopped reading past the TCP user timeout) closes the outbox, so the
 /// connection stops acting for a client that can no longer hear it.
+/// One buffer serves every write: frames are encoded into it, written, and it is cleared,
+/// so a delivery allocates nothing here.
 pub async fn drive<W: AsyncWrite + Unpin>(mut writer: Writer, mut io: W, outbox: Outbox) {
-    while let Some(chunk) = writer.next().await {
-        let written = match chunk {
-            Ok(bytes) => io.write_all(&bytes).await,
-            Err(_) => break,
-        };
-        if written.is_err() {
+    while let Ok(true) = writer.fill().await {
+        if io.write_all(&writer.buf).await.is_err() {
             outbox.close(CloseRequest::WebSocket(1006, String::new()));
             return;
+        }
+        writer.buf.clear();
+        // A burst's buffer is not kept for an idle connection.
+        if writer.buf.capacity() > KEEP_BUFFER {
+            writer.buf = BytesMut::new();
         }
     }
     let _ = io.shutdown().await;
 }
+
+/// The largest write buffer a connection keeps between writes.
+const KEEP_BUFFER: usize = 4 * 1024;
