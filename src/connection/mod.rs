@@ -399,11 +399,7 @@ impl Connection {
                         "socket is already signed in as another user".into(),
                     ));
                 }
-                self.send(server::signin_success(user_data));
-                if watchlist.len() > MAX_WATCHLIST {
-                    let code = ErrorCode::WatchlistLimit;
-                    self.error(code, code.message());
-                }
+                let over_limit = watchlist.len() > MAX_WATCHLIST;
                 let watchlist: Vec<UserId> = watchlist
                     .iter()
                     .take(MAX_WATCHLIST)
@@ -411,6 +407,17 @@ impl Connection {
                     .collect();
                 let first_signin = self.user.is_none();
                 let alone = self.state.ledger.is_none();
+                let confirm = |conn: &Self| {
+                    conn.send(server::signin_success(user_data));
+                    if over_limit {
+                        let code = ErrorCode::WatchlistLimit;
+                        conn.error(code, code.message());
+                    }
+                };
+                if alone {
+                    // Alone, the registry tells the socket who is online as it records it.
+                    confirm(self);
+                }
                 self.state.connections.signed_in(
                     self.socket_id,
                     &self.app.id,
@@ -418,6 +425,7 @@ impl Connection {
                     watchlist.clone(),
                     alone,
                 );
+                let mut snapshot = None;
                 if let Some(ledger) = &self.state.ledger {
                     if first_signin {
                         let entry = Entry::SignedIn {
@@ -428,7 +436,15 @@ impl Connection {
                             tracing::warn!(socket_id = %self.socket_id, error = %e, "signed in without the cluster ledger");
                         }
                     }
-                    self.tell_online(ledger, &watchlist).await;
+                    // Read before the client hears it is signed in: a user who signs in after
+                    // that is reported once, by the live event, not also by this snapshot.
+                    snapshot = self.online_frame(ledger, &watchlist).await;
+                }
+                if !alone {
+                    confirm(self);
+                }
+                if let Some(frame) = snapshot {
+                    self.send(frame);
                 }
                 self.user = Some(user);
                 None
@@ -444,8 +460,13 @@ impl Connection {
         }
     }
 
-    /// Clustered: which of the watchlist are signed in anywhere, read from the ledger.
-    async fn tell_online(&self, ledger: &crate::cluster::Ledger, watchlist: &[UserId]) {
+    /// Clustered: the `online` frame for those of the watchlist signed in anywhere, read
+    /// from the ledger; none when nobody is.
+    async fn online_frame(
+        &self,
+        ledger: &crate::cluster::Ledger,
+        watchlist: &[UserId],
+    ) -> Option<String> {
         match ledger.online(&self.app.id, watchlist).await {
             Ok(flags) => {
                 let online: Vec<&str> = watchlist
@@ -454,12 +475,11 @@ impl Connection {
                     .filter(|(_, on)| *on)
                     .map(|(u, _)| u.as_str())
                     .collect();
-                if !online.is_empty() {
-                    self.send(server::watchlist_events("online", &online));
-                }
+                (!online.is_empty()).then(|| server::watchlist_events("online", &online))
             }
             Err(e) => {
-                tracing::warn!(socket_id = %self.socket_id, error = %e, "watchlist state unavailable")
+                tracing::warn!(socket_id = %self.socket_id, error = %e, "watchlist state unavailable");
+                None
             }
         }
     }
