@@ -71,21 +71,11 @@ pub fn build(
         let stall = settings.stall_timeout;
         builder = match settings.tls.clone() {
             None => builder.listen(format!("bellhop-{local}"), lst, move || {
-                let state = data.clone().into_inner();
                 HttpService::build()
                     .client_request_timeout(Duration::from_secs(10))
                     .local_addr(local)
                     .on_connect_ext(move |io: &TcpStream, _: &mut _| tune(io, stall))
-                    .upgrade(fn_factory(move || {
-                        let state = state.clone();
-                        async move {
-                            Ok::<_, ()>(fn_service(
-                                move |(req, framed): (Request, Framed<TcpStream, h1::Codec>)| {
-                                    Box::pin(upgrade(state.clone(), req, framed))
-                                },
-                            ))
-                        }
-                    }))
+                    .upgrade(upgrader(data.clone().into_inner()))
                     .finish(map_config(app(data.clone()).into_factory(), |_| {
                         AppConfig::default()
                     }))
@@ -93,22 +83,12 @@ pub fn build(
             })?,
             Some(tls) => builder.listen(format!("bellhop-tls-{local}"), lst, move || {
                 type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
-                let state = data.clone().into_inner();
                 HttpService::build()
                     .client_request_timeout(Duration::from_secs(10))
                     .local_addr(local)
                     .secure()
                     .on_connect_ext(move |io: &Tls, _: &mut _| tune(io.get_ref().0, stall))
-                    .upgrade(fn_factory(move || {
-                        let state = state.clone();
-                        async move {
-                            Ok::<_, ()>(fn_service(
-                                move |(req, framed): (Request, Framed<Tls, h1::Codec>)| {
-                                    Box::pin(upgrade(state.clone(), req, framed))
-                                },
-                            ))
-                        }
-                    }))
+                    .upgrade(upgrader(data.clone().into_inner()))
                     .finish(map_config(app(data.clone()).into_factory(), |_| {
                         AppConfig::default()
                     }))
@@ -117,6 +97,32 @@ pub fn build(
         };
     }
     Ok((builder.run(), bound))
+}
+
+/// The upgrade service, for any IO (plain TCP or TLS): each upgrade request goes to
+/// [`super::ws::takeover`], boxed so the HTTP dispatcher holds a pointer, not its state.
+fn upgrader<T>(
+    state: std::sync::Arc<ServerState>,
+) -> impl actix_service::ServiceFactory<
+    (Request, Framed<T, h1::Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_http::Error,
+    InitError = (),
+>
+where
+    T: actix_codec::AsyncRead + actix_codec::AsyncWrite + Unpin + 'static,
+{
+    fn_factory(move || {
+        let state = state.clone();
+        async move {
+            Ok::<_, ()>(fn_service(
+                move |(req, framed): (Request, Framed<T, h1::Codec>)| {
+                    Box::pin(upgrade(state.clone(), req, framed))
+                },
+            ))
+        }
+    })
 }
 
 async fn upgrade<T>(

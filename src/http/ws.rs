@@ -1,7 +1,7 @@
 //! The WebSocket upgrade at `/app/{key}`: admits the connection (app, protocol version,
-//! connection quota), answers the handshake and takes the socket over from the HTTP layer. A refusal still completes the
-//! upgrade so the client gets a `pusher:error` and the matching close code, never a bare
-//! dropped TCP connection.
+//! connection quota), answers the handshake and takes the socket over from the HTTP layer.
+//! A refusal still completes the upgrade so the client gets a `pusher:error` and the
+//! matching close code, never a bare dropped TCP connection.
 
 use std::sync::Arc;
 
@@ -73,11 +73,8 @@ where
     let head = response.finish().drop_body();
     if let Err(e) = framed.send(h1::Message::Item((head, BodySize::None))).await {
         // The client never saw the 101: undo what admitting it counted.
-        match conn {
-            Some(conn) => {
-                connection::finish(conn, Some(CloseRequest::WebSocket(1006, String::new())))
-            }
-            None => tx.close(CloseRequest::WebSocket(1006, String::new())),
+        if let Some(conn) = conn {
+            connection::finish(conn, Some(CloseRequest::WebSocket(1006, String::new())));
         }
         return Err(std::io::Error::other(e.to_string()));
     }
