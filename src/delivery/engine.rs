@@ -908,19 +908,7 @@ impl Engine {
                 let log = |records: &[zoho::SyncRecord]| {
                     records
                         .iter()
-                        .map(|r| {
-                            format!(
-                                "{} {} {} {}{}",
-                                r.operation,
-                                r.entity,
-                                r.remote_id.as_deref().unwrap_or("-"),
-                                r.status,
-                                r.error
-                                    .as_deref()
-                                    .map(|e| format!(" ({e})"))
-                                    .unwrap_or_default()
-                            )
-                        })
+                        .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; ")
                 };

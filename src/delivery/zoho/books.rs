@@ -282,21 +282,15 @@ impl Zoho {
                 "the app's [apps.zoho] has no [apps.zoho.invoices]".into(),
             ));
         };
-        let step = |records: &mut Vec<SyncRecord>, op, entity, r: &Result<String, Failure>| {
-            records.push(match r {
-                Ok(id) => SyncRecord::success(op, entity, id),
-                Err(f) => SyncRecord::failed(op, entity, f),
-            })
-        };
         let customer = self.customer(store, &cfg, &invoice).await;
-        step(records, "CONTACT_UPSERT", "Customers", &customer);
+        records.push(SyncRecord::of("CONTACT_UPSERT", "Customers", &customer));
         let customer = customer?;
         let made = self.invoice(store, &cfg, &customer, &invoice).await;
         let as_id = made
             .as_ref()
             .map(|(id, _)| id.clone())
             .map_err(Clone::clone);
-        step(records, "INVOICE_CREATE", "Invoices", &as_id);
+        records.push(SyncRecord::of("INVOICE_CREATE", "Invoices", &as_id));
         let (invoice_id, status) = made?;
         let Some(payment) = &invoice.paid else {
             return Ok(());
@@ -312,7 +306,11 @@ impl Zoho {
         let paid = self
             .record_payment(store, &cfg, &customer, &invoice_id, &status, payment)
             .await;
-        step(records, "INVOICE_MARK_PAID", "CustomerPayments", &paid);
+        records.push(SyncRecord::of(
+            "INVOICE_MARK_PAID",
+            "CustomerPayments",
+            &paid,
+        ));
         paid.map(drop)
     }
 }

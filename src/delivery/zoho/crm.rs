@@ -39,37 +39,21 @@ impl Zoho {
         booking: Booking,
         records: &mut Vec<SyncRecord>,
     ) -> Result<(), Failure> {
-        let c = self
+        let contact = self
             .upsert(store, "Contacts", Value::Object(booking.contact), "Email")
             .await;
-        let contact_id = match c {
-            Ok(id) => {
-                records.push(SyncRecord::success("CONTACT_UPSERT", "Contacts", &id));
-                id
-            }
-            Err(f) => {
-                records.push(SyncRecord::failed("CONTACT_UPSERT", "Contacts", &f));
-                return Err(f);
-            }
-        };
+        records.push(SyncRecord::of("CONTACT_UPSERT", "Contacts", &contact));
+        let contact_id = contact?;
         let Some(mut deal) = booking.deal else {
             return Ok(());
         };
         deal.insert("Contact_Name".into(), json!({ "id": contact_id }));
         let check = self.config.deal_reference_field.clone();
-        match self
+        let deal = self
             .upsert(store, "Deals", Value::Object(deal), &check)
-            .await
-        {
-            Ok(id) => {
-                records.push(SyncRecord::success("DEAL_CREATE", "Deals", &id));
-                Ok(())
-            }
-            Err(f) => {
-                records.push(SyncRecord::failed("DEAL_CREATE", "Deals", &f));
-                Err(f)
-            }
-        }
+            .await;
+        records.push(SyncRecord::of("DEAL_CREATE", "Deals", &deal));
+        deal.map(drop)
     }
 
     /// The CRM records of a booking and/or the invoice of a payment, in that order.

@@ -160,13 +160,35 @@ impl SyncRecord {
         }
     }
 
-    fn failed(operation: &'static str, entity: &'static str, error: &Failure) -> Self {
-        Self {
-            operation,
-            entity,
-            remote_id: None,
-            status: "FAILED",
-            error: Some(error.reason().to_owned()),
+    /// The record of one step: its remote id when it succeeded, its error when not.
+    fn of(operation: &'static str, entity: &'static str, step: &Result<String, Failure>) -> Self {
+        match step {
+            Ok(id) => Self::success(operation, entity, id),
+            Err(f) => Self {
+                operation,
+                entity,
+                remote_id: None,
+                status: "FAILED",
+                error: Some(f.reason().to_owned()),
+            },
+        }
+    }
+}
+
+/// `CONTACT_UPSERT Contacts 4150868000001234001 SUCCESS`, or `… - FAILED (the error)`.
+impl std::fmt::Display for SyncRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.operation,
+            self.entity,
+            self.remote_id.as_deref().unwrap_or("-"),
+            self.status
+        )?;
+        match &self.error {
+            Some(e) => write!(f, " ({e})"),
+            None => Ok(()),
         }
     }
 }
