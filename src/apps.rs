@@ -283,26 +283,43 @@ impl AppDirectory {
     }
 }
 
+/// A budget that refills at the start of each second.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SecondWindow {
+    second: u64,
+    used: u64,
+}
+
+impl SecondWindow {
+    /// Takes `n` from `second`'s budget of `per_second`; false (taking nothing) when they do
+    /// not fit.
+    pub fn take(&mut self, second: u64, n: u64, per_second: u64) -> bool {
+        if self.second != second {
+            *self = Self { second, used: 0 };
+        }
+        if self.used.saturating_add(n) > per_second {
+            return false;
+        }
+        self.used += n;
+        true
+    }
+}
+
 /// Per-app message budgets of one node, in one-second windows (a cluster counts in Redis).
 #[derive(Default)]
 pub struct EventBudget {
-    windows: Mutex<HashMap<AppId, (u64, u64)>>,
+    windows: Mutex<HashMap<AppId, SecondWindow>>,
 }
 
 impl EventBudget {
     /// Takes `n` messages from this second's budget of `per_second`; false (taking nothing)
     /// when they do not fit.
     pub fn take(&self, app: &AppId, second: u64, n: u64, per_second: u64) -> bool {
-        let mut windows = self.windows.lock();
-        let w = windows.entry(app.clone()).or_insert((second, 0));
-        if w.0 != second {
-            *w = (second, 0);
-        }
-        if w.1.saturating_add(n) > per_second {
-            return false;
-        }
-        w.1 += n;
-        true
+        self.windows
+            .lock()
+            .entry(app.clone())
+            .or_default()
+            .take(second, n, per_second)
     }
 }
 

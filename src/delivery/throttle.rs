@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bellhop_protocol::AppId;
 use parking_lot::Mutex;
 
+use crate::apps::SecondWindow;
 use crate::cluster::{now_ms, Ledger, LedgerError};
 
 /// Whether a send may go now.
@@ -25,8 +26,7 @@ pub enum Gate {
 #[derive(Default)]
 struct Local {
     paused_until: Option<Instant>,
-    second: u64,
-    sent: u32,
+    sent: SecondWindow,
 }
 
 pub struct Throttle {
@@ -63,15 +63,11 @@ impl Throttle {
         let Some(limit) = per_second else {
             return Ok(Gate::Open);
         };
-        if g.second != now / 1000 {
-            g.second = now / 1000;
-            g.sent = 0;
+        if g.sent.take(now / 1000, 1, limit.into()) {
+            Ok(Gate::Open)
+        } else {
+            Ok(Gate::Full(Duration::from_millis(1000 - now % 1000)))
         }
-        if g.sent >= limit {
-            return Ok(Gate::Full(Duration::from_millis(1000 - now % 1000)));
-        }
-        g.sent += 1;
-        Ok(Gate::Open)
     }
 
     pub async fn pause(
