@@ -4,8 +4,8 @@
 
 use clap::{Parser, Subcommand};
 
-use bellhop_loadtest::scenario;
 use bellhop_loadtest::Target;
+use bellhop_loadtest::{measure, scenario};
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +42,9 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let report = match cli.scenario {
+    let steal_before = measure::steal_ticks();
+    let started = std::time::Instant::now();
+    let mut report = match cli.scenario {
         Scenario::Connect(a) => scenario::connect::run(&cli.target, a).await?,
         Scenario::Fanout(a) => scenario::fanout::run(&cli.target, a.into()).await?,
         Scenario::Channels(a) => scenario::fanout::run(&cli.target, a.into()).await?,
@@ -51,6 +53,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::PresenceChurn(a) => scenario::presence_churn::run(&cli.target, a).await?,
         Scenario::Churn(a) => scenario::churn::run(&cli.target, a).await?,
     };
+    report.add_host_steal(measure::steal_json(
+        steal_before,
+        measure::steal_ticks(),
+        started.elapsed().as_secs_f64(),
+    ));
     report.print();
     if !report.ok {
         std::process::exit(1);

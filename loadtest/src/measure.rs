@@ -83,9 +83,56 @@ pub fn cpu_json(before: Option<ProcSample>, after: Option<ProcSample>, wall_secs
     }
 }
 
+/// Per-core steal ticks from `/proc/stat`: time the hypervisor ran something else while
+/// this VM's core had work. A request that lands in a stolen slice waits it out, so a
+/// latency tail can be the host's and not the server's; every report carries this.
+pub fn steal_ticks() -> Option<Vec<u64>> {
+    parse_steal(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_steal(stat: &str) -> Option<Vec<u64>> {
+    let cores: Vec<u64> = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        // cpuN user nice system idle iowait irq softirq steal ...
+        .map(|l| l.split_whitespace().nth(8).and_then(|v| v.parse().ok()))
+        .collect::<Option<_>>()?;
+    (!cores.is_empty()).then_some(cores)
+}
+
+/// Steal per core between two samples over `wall_secs`, and the worst core's share.
+pub fn steal_json(before: Option<Vec<u64>>, after: Option<Vec<u64>>, wall_secs: f64) -> Value {
+    let (Some(b), Some(a)) = (before, after) else {
+        return Value::Null;
+    };
+    let ms: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| a.saturating_sub(*b) as f64 * 1000.0 / ticks_per_sec())
+        .collect();
+    let worst = ms.iter().copied().fold(0.0, f64::max);
+    json!({
+        "per_core_ms": ms,
+        "max_percent": (worst / (wall_secs.max(1e-9) * 1000.0) * 1000.0).round() / 10.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_steal_per_core() {
+        let stat = "cpu  117870 0 10118 55050 615 0 364 1492 0 0\n\
+                    cpu0 58183 0 4461 29032 130 0 161 827 0 0\n\
+                    cpu1 59686 0 5656 26018 484 0 202 665 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_steal(stat), Some(vec![827, 665]));
+        let j = steal_json(Some(vec![827, 665]), Some(vec![862, 665]), 7.0);
+        assert_eq!(j["per_core_ms"][0], 350.0);
+        assert_eq!(j["max_percent"], 5.0);
+        assert!(steal_ticks().is_some());
+    }
 
     #[test]
     fn reads_own_proc() {

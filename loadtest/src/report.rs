@@ -11,6 +11,23 @@ pub struct Report {
 }
 
 impl Report {
+    /// Records how much of the run the host took from this VM's cores.
+    pub fn add_host_steal(&mut self, steal: Value) {
+        if let Some(ms) = steal["per_core_ms"].as_array() {
+            let cores: Vec<String> = ms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("cpu{i} {} ms", v.as_f64().unwrap_or(0.0)))
+                .collect();
+            self.summary.push(format!(
+                "host steal during the run: {} (worst core {} %)",
+                cores.join(", "),
+                steal["max_percent"]
+            ));
+        }
+        self.json["host_steal"] = steal;
+    }
+
     pub fn print(&self) {
         println!(
             "== {} ({})",
