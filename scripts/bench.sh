@@ -18,6 +18,7 @@ trap 'pkill -f "$SERVER" 2>/dev/null || true; rm -rf "$results"' EXIT
 # name | loadtest arguments
 MATRIX=(
   "connect-10k|connect --connections 10000 --rate 10000 --hold 3"
+  "connect-10k-at-7k|connect --connections 10000 --rate 7000 --hold 3"
   "connect-19k|connect --connections 19000 --rate 10000 --hold 3"
   "fanout-1k|fanout --subscribers 1000 --events 3000 --rate 150"
   "fanout-1k-400|fanout --subscribers 1000 --events 8000 --rate 400"

@@ -175,19 +175,28 @@ pub async fn deliveries(api: &Api<'_>, user: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until every delivery of `user` has left pending/held/scheduled.
+/// Waits until every delivery of `user` has left pending/held/scheduled and logged its attempt.
 pub async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Value> {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let d = deliveries(api, user).await;
-        let done = d.len() >= n
-            && d.iter()
-                .all(|d| !matches!(d["state"].as_str(), Some("pending" | "held" | "scheduled")));
+        let done = d.len() >= n && d.iter().all(settled_one);
         if done || tokio::time::Instant::now() > end {
             return d;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Done waiting, and its attempt logged: the worker logs an attempt just after the delivery's
+/// state is written, so a reader can see the state a moment before the attempt.
+fn settled_one(d: &Value) -> bool {
+    let state = d["state"].as_str();
+    if matches!(state, Some("pending" | "held" | "scheduled")) {
+        return false;
+    }
+    let ran = !d["job_id"].is_null() && state != Some("cancelled");
+    !ran || d["attempts"].as_array().is_some_and(|a| !a.is_empty())
 }
 
 pub fn state_of(ds: &[Value], channel: &str) -> (String, String) {
