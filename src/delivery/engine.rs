@@ -553,9 +553,11 @@ impl Engine {
         let Some(row) = self.store.delivery(id).await? else {
             return Ok(Step::Failed(format!("delivery {id} not found")));
         };
+        // Ambiguous is final too: a job run again after a crash (its state written, its
+        // attempt not yet logged) must not send what may already have been sent.
         if matches!(
             row.state.as_str(),
-            "sent" | "skipped" | "failed" | "cancelled"
+            "sent" | "skipped" | "failed" | "cancelled" | "ambiguous"
         ) {
             return Ok(Step::Already);
         }

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::api::Api;
-use crate::delivery::{put, settled, state_of};
+use crate::delivery::{deliveries, put, settled, state_of};
 use crate::harness::Setup;
 use crate::mock_http::{form, Mock, Response};
 use crate::receiver::{Receiver, Reply};
@@ -201,6 +201,64 @@ async fn africas_talking_gets_its_form_and_a_timeout_is_ambiguous_not_resent() {
     );
     let attempts: &Value = &s2[0]["attempts"];
     assert_eq!(attempts.as_array().unwrap().len(), 1);
+}
+
+/// What a crash between writing an ambiguous outcome and closing its job leaves behind: the
+/// delivery ambiguous and its job due again. The job runs again, and sends nothing.
+#[tokio::test]
+async fn a_job_run_again_after_an_ambiguous_send_does_not_resend() {
+    let hang = Receiver::start(vec![Reply::Hang]).await;
+    let sms = format!(
+        "[apps.sms]\nprovider = 'africastalking'\ndefault_region = 'SA'\nusername = 'sandbox'\napi_key = 'at-key-1'\nbase_url = '{}'\ntimeout_secs = 1\n",
+        hang.url("")
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = Setup::default()
+        .toml(&rule(&sms))
+        .data_dir(data.path())
+        .start();
+    let api = Api::new(&server);
+    put(&api, "/users/s3", json!({"phone": "+966 50 123 4569"})).await;
+    let b = json!({"customer_id": "s3", "service": "pedicure", "time": "18:00"});
+    api.trigger("salon-bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let s3 = settled(&api, "s3", 1, 15).await;
+    assert_eq!(state_of(&s3, "sms").0, "ambiguous", "{s3:?}");
+    let job = s3[0]["job_id"].as_i64().unwrap();
+    drop(api);
+    server.kill();
+
+    let url = format!("sqlite://{}/bellhop.db", data.path().display());
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', run_at = 0, lease_token = NULL, lease_until = NULL \
+         WHERE id = $1",
+    )
+    .bind(job)
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+
+    let server = Setup::default()
+        .toml(&rule(&sms))
+        .data_dir(data.path())
+        .start();
+    let api = Api::new(&server);
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    let again = loop {
+        let d = deliveries(&api, "s3").await;
+        if d[0]["attempts"].as_array().is_some_and(|a| a.len() >= 2) {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the job did not run again: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state_of(&again, "sms").0, "ambiguous");
+    assert_eq!(hang.requests().len(), 1, "sent again after the rerun");
 }
 
 fn whatsapp_rules(wa_toml: &str) -> String {
