@@ -188,15 +188,17 @@ pub async fn settled(api: &Api<'_>, user: &str, n: usize, secs: u64) -> Vec<Valu
     }
 }
 
-/// Done waiting, and its attempt logged: the worker logs an attempt just after the delivery's
-/// state is written, so a reader can see the state a moment before the attempt.
+/// Done waiting, and the attempt that decided it logged: the worker logs an attempt just after
+/// the delivery's state is written, so a reader can see the state a moment before the attempt
+/// (and after an earlier attempt that asked for a retry).
 fn settled_one(d: &Value) -> bool {
     let state = d["state"].as_str();
     if matches!(state, Some("pending" | "held" | "scheduled")) {
         return false;
     }
     let ran = !d["job_id"].is_null() && state != Some("cancelled");
-    !ran || d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+    let last = d["attempts"].as_array().and_then(|a| a.last());
+    !ran || last.is_some_and(|a| a["outcome"] != "retry")
 }
 
 pub fn state_of(ds: &[Value], channel: &str) -> (String, String) {
