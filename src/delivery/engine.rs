@@ -764,6 +764,11 @@ impl Engine {
                     Ok(n) => n,
                     Err(reason) => return Ok(Step::Skipped(reason)),
                 };
+                if let Some(id) = &row.provider_id {
+                    return Ok(Step::Sent(format!(
+                        "already accepted by the provider ({id})"
+                    )));
+                }
                 if let Some(wait) = self.throttle("sms", &app_id, sms.max_per_second()).await {
                     return Ok(wait);
                 }
@@ -819,6 +824,11 @@ impl Engine {
                     }
                     None => whatsapp::Message::Text(&rendered.body),
                 };
+                if let Some(id) = &row.provider_id {
+                    return Ok(Step::Sent(format!(
+                        "already accepted by the provider ({id})"
+                    )));
+                }
                 if let Some(wait) = self
                     .throttle("whatsapp", &app_id, wa.max_per_second())
                     .await

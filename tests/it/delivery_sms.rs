@@ -203,8 +203,52 @@ async fn africas_talking_gets_its_form_and_a_timeout_is_ambiguous_not_resent() {
     assert_eq!(attempts.as_array().unwrap().len(), 1);
 }
 
-/// What a crash between writing an ambiguous outcome and closing its job leaves behind: the
-/// delivery ambiguous and its job due again. The job runs again, and sends nothing.
+/// Puts a delivery's job back as a crash leaves it (due again, unleased) and its delivery in
+/// `state`, then restarts the server on the same SQLite file and waits for the job to run
+/// again. Answers the delivery as the rerun left it.
+async fn rerun_after_crash(
+    toml: &str,
+    data: &std::path::Path,
+    user: &str,
+    job: i64,
+    state: &str,
+) -> Vec<Value> {
+    let url = format!("sqlite://{}/bellhop.db", data.display());
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', run_at = 0, lease_token = NULL, lease_until = NULL \
+         WHERE id = $1",
+    )
+    .bind(job)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE deliveries SET state = $1 WHERE job_id = $2")
+        .bind(state)
+        .bind(job)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let server = Setup::default().toml(toml).data_dir(data).start();
+    let api = Api::new(&server);
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = deliveries(&api, user).await;
+        if d[0]["attempts"].as_array().is_some_and(|a| a.len() >= 2) {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the job did not run again: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A crash between writing an ambiguous outcome and closing its job: the job runs again, and
+/// sends nothing.
 #[tokio::test]
 async fn a_job_run_again_after_an_ambiguous_send_does_not_resend() {
     let hang = Receiver::start(vec![Reply::Hang]).await;
@@ -228,37 +272,50 @@ async fn a_job_run_again_after_an_ambiguous_send_does_not_resend() {
     drop(api);
     server.kill();
 
-    let url = format!("sqlite://{}/bellhop.db", data.path().display());
-    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::query(
-        "UPDATE jobs SET state = 'pending', run_at = 0, lease_token = NULL, lease_until = NULL \
-         WHERE id = $1",
-    )
-    .bind(job)
-    .execute(&db)
-    .await
-    .unwrap();
-    db.close().await;
+    let again = rerun_after_crash(&rule(&sms), data.path(), "s3", job, "ambiguous").await;
+    assert_eq!(state_of(&again, "sms").0, "ambiguous");
+    assert_eq!(hang.requests().len(), 1, "sent again after the rerun");
+}
 
+/// A crash after the provider accepted the message (its id kept) but before the delivery was
+/// marked sent: the job runs again and marks it sent without a second message.
+#[tokio::test]
+async fn a_job_run_again_after_the_provider_accepted_does_not_resend() {
+    let at = Mock::start(|req| {
+        let f = form(&req.body);
+        Response::json(
+            201,
+            json!({"SMSMessageData": {"Message": "Sent to 1/1 Total Cost: SAR 0.1000",
+            "Recipients": [{"statusCode": 101, "number": f["to"], "status": "Success",
+                "cost": "SAR 0.1000", "messageId": "ATXid_777"}]}}),
+        )
+    })
+    .await;
+    let sms = format!(
+        "[apps.sms]\nprovider = 'africastalking'\ndefault_region = 'SA'\nusername = 'sandbox'\napi_key = 'at-key-1'\nbase_url = '{}'\n",
+        at.url("")
+    );
+    let data = tempfile::tempdir().unwrap();
     let server = Setup::default()
         .toml(&rule(&sms))
         .data_dir(data.path())
         .start();
     let api = Api::new(&server);
-    let end = tokio::time::Instant::now() + Duration::from_secs(15);
-    let again = loop {
-        let d = deliveries(&api, "s3").await;
-        if d[0]["attempts"].as_array().is_some_and(|a| a.len() >= 2) {
-            break d;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "the job did not run again: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(state_of(&again, "sms").0, "ambiguous");
-    assert_eq!(hang.requests().len(), 1, "sent again after the rerun");
+    put(&api, "/users/s4", json!({"phone": "+966 50 123 4570"})).await;
+    let b = json!({"customer_id": "s4", "service": "manicure", "time": "19:00"});
+    api.trigger("salon-bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let s4 = settled(&api, "s4", 1, 15).await;
+    assert_eq!(state_of(&s4, "sms").0, "sent", "{s4:?}");
+    let job = s4[0]["job_id"].as_i64().unwrap();
+    drop(api);
+    server.kill();
+
+    let again = rerun_after_crash(&rule(&sms), data.path(), "s4", job, "pending").await;
+    let (state, reason) = state_of(&again, "sms");
+    assert_eq!(state, "sent", "{again:?}");
+    assert!(reason.contains("ATXid_777"), "{reason}");
+    assert_eq!(at.requests().len(), 1, "sent again after the rerun");
 }
 
 fn whatsapp_rules(wa_toml: &str) -> String {
