@@ -21,11 +21,28 @@ pub struct Conn {
 
 /// Finds `"key":"value"` in a frame without parsing it all.
 pub fn field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let start = frame.find(&pat)? + pat.len();
-    let end = frame[start..].find('"')? + start;
-    Some(&frame[start..end])
+    Field::new(key).find(frame)
 }
+
+/// [`field`] for one key over many frames: the searcher is built once, not per frame.
+pub struct Field(memchr::memmem::Finder<'static>);
+
+impl Field {
+    pub fn new(key: &str) -> Self {
+        Self(memchr::memmem::Finder::new(format!("\"{key}\":\"").as_bytes()).into_owned())
+    }
+
+    pub fn find<'a>(&self, frame: &'a str) -> Option<&'a str> {
+        let bytes = frame.as_bytes();
+        let start = self.0.find(bytes)? + self.0.needle().len();
+        let end = memchr::memchr(b'"', &bytes[start..])? + start;
+        // Both ends sit next to an ASCII quote, so they are character boundaries.
+        Some(&frame[start..end])
+    }
+}
+
+/// No ping frame is longer; longer frames skip the search for one.
+const MAX_PING_LEN: usize = 128;
 
 pub async fn connect(addr: SocketAddr, key: &str, source: Option<IpAddr>) -> anyhow::Result<Conn> {
     let socket = if addr.is_ipv4() {
@@ -69,7 +86,7 @@ pub async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
-                if t.contains("\"pusher:ping\"") {
+                if t.len() <= MAX_PING_LEN && t.contains("\"pusher:ping\"") {
                     ws.send(Message::Text(r#"{"event":"pusher:pong","data":{}}"#.into()))
                         .await?;
                     continue;

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use super::Pace;
 use crate::api::Api;
-use crate::client::{self, field};
+use crate::client;
 use crate::measure::{self, cpu_json, now_us, percentiles_ms};
 use crate::report::Report;
 use crate::Target;
@@ -131,14 +131,16 @@ async fn subscriber(
         duplicates: 0,
         latencies_us: Vec::with_capacity(expected as usize),
     };
+    let data_field = client::Field::new("data");
     let give_up = deadline.notified();
     tokio::pin!(give_up);
     while seen.received < expected {
         let text = tokio::select! {
+            biased;
             t = client::next_text(&mut conn.ws) => t?,
             _ = &mut give_up => break,
         };
-        let Some(data) = field(&text, "data") else {
+        let Some(data) = data_field.find(&text) else {
             continue;
         };
         let mut parts = data.split(' ');
