@@ -19,12 +19,8 @@ pub struct Conn {
     pub socket_id: String,
 }
 
-/// Finds `"key":"value"` in a frame without parsing it all.
-pub fn field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
-    Field::new(key).find(frame)
-}
-
-/// [`field`] for one key over many frames: the searcher is built once, not per frame.
+/// Finds `"key":"value"` in frames without parsing them; the searcher is built once per key,
+/// not per frame.
 pub struct Field(memchr::memmem::Finder<'static>);
 
 impl Field {
@@ -161,8 +157,8 @@ mod tests {
     #[test]
     fn finds_fields_without_parsing() {
         let f = r#"{"event":"e","channel":"c","data":"12 345 xx"}"#;
-        assert_eq!(field(f, "data"), Some("12 345 xx"));
-        assert_eq!(field(f, "event"), Some("e"));
-        assert_eq!(field(f, "nope"), None);
+        assert_eq!(Field::new("data").find(f), Some("12 345 xx"));
+        assert_eq!(Field::new("event").find(f), Some("e"));
+        assert_eq!(Field::new("nope").find(f), None);
     }
 }

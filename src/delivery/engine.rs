@@ -582,6 +582,15 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return Ok(Step::Failed(format!("delivery spec unreadable: {e}"))),
         };
+        // An SMS or WhatsApp message keeps the provider's id the moment it is accepted: a job
+        // run again after a crash marks it sent instead of sending it again.
+        if let (ChannelKind::Sms | ChannelKind::Whatsapp, Some(id)) =
+            (&spec.channel, &row.provider_id)
+        {
+            return Ok(Step::Sent(format!(
+                "already accepted by the provider ({id})"
+            )));
+        }
         let Some(app) = self.apps.by_id(&row.app_id) else {
             return Ok(Step::Failed("the app no longer exists".into()));
         };
@@ -764,11 +773,6 @@ impl Engine {
                     Ok(n) => n,
                     Err(reason) => return Ok(Step::Skipped(reason)),
                 };
-                if let Some(id) = &row.provider_id {
-                    return Ok(Step::Sent(format!(
-                        "already accepted by the provider ({id})"
-                    )));
-                }
                 if let Some(wait) = self.throttle("sms", &app_id, sms.max_per_second()).await {
                     return Ok(wait);
                 }
@@ -824,11 +828,6 @@ impl Engine {
                     }
                     None => whatsapp::Message::Text(&rendered.body),
                 };
-                if let Some(id) = &row.provider_id {
-                    return Ok(Step::Sent(format!(
-                        "already accepted by the provider ({id})"
-                    )));
-                }
                 if let Some(wait) = self
                     .throttle("whatsapp", &app_id, wa.max_per_second())
                     .await

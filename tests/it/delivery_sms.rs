@@ -203,6 +203,26 @@ async fn africas_talking_gets_its_form_and_a_timeout_is_ambiguous_not_resent() {
     assert_eq!(attempts.as_array().unwrap().len(), 1);
 }
 
+/// Runs one booking confirmation for `user` to a settled delivery on a server keeping its
+/// SQLite file in `data`, then kills that server. Answers the settled deliveries.
+async fn settle_then_kill(
+    toml: &str,
+    data: &std::path::Path,
+    user: &str,
+    phone: &str,
+) -> Vec<Value> {
+    let server = Setup::default().toml(toml).data_dir(data).start();
+    let api = Api::new(&server);
+    put(&api, &format!("/users/{user}"), json!({"phone": phone})).await;
+    let b = json!({"customer_id": user, "service": "pedicure", "time": "18:00"});
+    api.trigger("salon-bookings", "booking.confirmed", &b.to_string())
+        .await;
+    let settled = settled(&api, user, 1, 15).await;
+    drop(api);
+    server.kill();
+    settled
+}
+
 /// Puts a delivery's job back as a crash leaves it (due again, unleased) and its delivery in
 /// `state`, then restarts the server on the same SQLite file and waits for the job to run
 /// again. Answers the delivery as the rerun left it.
@@ -257,20 +277,9 @@ async fn a_job_run_again_after_an_ambiguous_send_does_not_resend() {
         hang.url("")
     );
     let data = tempfile::tempdir().unwrap();
-    let server = Setup::default()
-        .toml(&rule(&sms))
-        .data_dir(data.path())
-        .start();
-    let api = Api::new(&server);
-    put(&api, "/users/s3", json!({"phone": "+966 50 123 4569"})).await;
-    let b = json!({"customer_id": "s3", "service": "pedicure", "time": "18:00"});
-    api.trigger("salon-bookings", "booking.confirmed", &b.to_string())
-        .await;
-    let s3 = settled(&api, "s3", 1, 15).await;
+    let s3 = settle_then_kill(&rule(&sms), data.path(), "s3", "+966 50 123 4569").await;
     assert_eq!(state_of(&s3, "sms").0, "ambiguous", "{s3:?}");
     let job = s3[0]["job_id"].as_i64().unwrap();
-    drop(api);
-    server.kill();
 
     let again = rerun_after_crash(&rule(&sms), data.path(), "s3", job, "ambiguous").await;
     assert_eq!(state_of(&again, "sms").0, "ambiguous");
@@ -296,20 +305,9 @@ async fn a_job_run_again_after_the_provider_accepted_does_not_resend() {
         at.url("")
     );
     let data = tempfile::tempdir().unwrap();
-    let server = Setup::default()
-        .toml(&rule(&sms))
-        .data_dir(data.path())
-        .start();
-    let api = Api::new(&server);
-    put(&api, "/users/s4", json!({"phone": "+966 50 123 4570"})).await;
-    let b = json!({"customer_id": "s4", "service": "manicure", "time": "19:00"});
-    api.trigger("salon-bookings", "booking.confirmed", &b.to_string())
-        .await;
-    let s4 = settled(&api, "s4", 1, 15).await;
+    let s4 = settle_then_kill(&rule(&sms), data.path(), "s4", "+966 50 123 4570").await;
     assert_eq!(state_of(&s4, "sms").0, "sent", "{s4:?}");
     let job = s4[0]["job_id"].as_i64().unwrap();
-    drop(api);
-    server.kill();
 
     let again = rerun_after_crash(&rule(&sms), data.path(), "s4", job, "pending").await;
     let (state, reason) = state_of(&again, "sms");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::Pace;
-use crate::client::{self, field};
+use crate::client::{self, Field};
 use crate::measure::{self, cpu_json, now_us, percentiles_ms};
 use crate::report::Report;
 use crate::Target;
@@ -45,9 +45,10 @@ async fn pair(target: Target, i: usize, a: &Args) -> anyhow::Result<(measure::Hi
     }
     let echo_channel = channel.clone();
     let echo = tokio::spawn(async move {
+        let data = Field::new("data");
         loop {
             let t = client::next_text(&mut pong.ws).await?;
-            if let Some(stamp) = field(&t, "data") {
+            if let Some(stamp) = data.find(&t) {
                 if t.contains("client-ping") {
                     pong.send_text(event("client-pong", &echo_channel, stamp))
                         .await?;
@@ -63,10 +64,11 @@ async fn pair(target: Target, i: usize, a: &Args) -> anyhow::Result<(measure::Hi
     let (mut sink, mut stream) = futures_util::StreamExt::split(ping.ws);
     let reader = tokio::spawn(async move {
         let mut hist = measure::histogram();
+        let data = Field::new("data");
         use futures_util::StreamExt;
         while let Some(Ok(msg)) = stream.next().await {
             if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                if let Some(stamp) = field(&t, "data") {
+                if let Some(stamp) = data.find(&t) {
                     if let Ok(sent) = stamp.parse::<u64>() {
                         let _ = hist.record(now_us().saturating_sub(sent).max(1));
                     }
