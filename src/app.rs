@@ -322,6 +322,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         delivery,
         event_budget: Default::default(),
         node_id,
+        body_budget: Arc::new(http::body_guard::BodyBudget::new(
+            cfg.max_body_bytes_in_flight,
+            Duration::from_millis(cfg.body_timeout_ms),
+        )),
     });
 
     let addr = format!("{}:{}", config.server.host, config.server.port);

@@ -132,6 +132,10 @@ pub struct ServerConfig {
     /// Connections told to reconnect per 100 ms during shutdown, so a fleet does not
     /// stampede the remaining nodes.
     pub shutdown_batch: usize,
+    /// How long a request body may take to arrive once a handler reads it (408 after).
+    pub body_timeout_ms: u64,
+    /// Request body bytes the node holds at once across all requests (503 beyond).
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -169,6 +173,8 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             shutdown_drain_ms: 1000,
             shutdown_batch: 500,
+            body_timeout_ms: 5000,
+            max_body_bytes_in_flight: 32 * 1024 * 1024,
         }
     }
 }
@@ -511,6 +517,12 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_SHUTDOWN_GRACE_SECS", NUM)? {
             s.shutdown_grace_secs = v;
         }
+        if let Some(v) = env_parse(source, "BELLHOP_BODY_TIMEOUT_MS", NUM)? {
+            s.body_timeout_ms = v;
+        }
+        if let Some(v) = env_parse(source, "BELLHOP_MAX_BODY_BYTES_IN_FLIGHT", NUM)? {
+            s.max_body_bytes_in_flight = v;
+        }
         if let Some(v) = source.var("BELLHOP_LOG_FORMAT") {
             s.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -636,6 +648,11 @@ impl Config {
         if s.metrics_host.parse::<IpAddr>().is_err() {
             return Err(ConfigError::Server(
                 "server.metrics_host must be an IP address",
+            ));
+        }
+        if s.body_timeout_ms == 0 || s.max_body_bytes_in_flight < 1024 * 1024 {
+            return Err(ConfigError::Server(
+                "body_timeout_ms must be positive and max_body_bytes_in_flight at least 1 MiB (one largest body)",
             ));
         }
         if s.shutdown_batch == 0 {

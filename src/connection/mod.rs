@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use actix_ws::{AggregatedMessage, CloseCode};
 use bellhop_protocol::server::{self};
 use bellhop_protocol::signing;
 use bellhop_protocol::{ChannelName, ClientEvent, ErrorCode, SocketId, SubscribeRequest, UserId};
@@ -24,7 +24,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::{sleep_until, Instant};
 
-pub use frames::FrameReader;
+pub use frames::{FrameError, FrameReader};
 pub use outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
 pub use registry::Connections;
 pub use writer::Writer;
@@ -116,6 +116,22 @@ impl Connection {
 
     fn error(&self, code: ErrorCode, message: &str) {
         self.send(server::error_with_message(code, message));
+    }
+
+    /// How a broken read ends the connection: the close code RFC 6455 gives each breach, with
+    /// the `pusher:error` the Pusher client libraries show first for an oversized frame.
+    fn on_frame_error(&self, e: FrameError) -> Option<CloseRequest> {
+        tracing::debug!(socket_id = %self.socket_id, error = %e, "websocket read ended");
+        let code = match &e {
+            FrameError::TooLarge { .. } => {
+                self.error(ErrorCode::GenericError, &e.to_string());
+                CloseCode::Size
+            }
+            FrameError::InvalidUtf8 => CloseCode::Invalid,
+            FrameError::Protocol(_) => CloseCode::Protocol,
+            FrameError::Io(_) => return None,
+        };
+        Some(CloseRequest::WebSocket(code.into(), e.to_string()))
     }
 
     fn key(&self, name: ChannelName) -> ChannelKey {
@@ -586,7 +602,7 @@ impl Connection {
 /// the connection is closed from either side.
 pub async fn run<S>(mut conn: Connection, mut stream: S)
 where
-    S: Stream<Item = Result<AggregatedMessage, ProtocolError>> + Unpin,
+    S: Stream<Item = Result<AggregatedMessage, FrameError>> + Unpin,
 {
     let cfg = conn.state.clone();
     let cfg = &cfg.config;
@@ -629,15 +645,7 @@ where
                         break Some(CloseRequest::WebSocket(code.into(), String::new()));
                     }
                     None => break None,
-                    Some(Err(ProtocolError::Overflow)) => {
-                        let message = format!("frame exceeds the limit of {} bytes", cfg.max_frame_bytes);
-                        conn.error(ErrorCode::GenericError, &message);
-                        break Some(CloseRequest::WebSocket(CloseCode::Size.into(), message));
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(socket_id = %conn.socket_id, error = %e, "websocket protocol error");
-                        break Some(CloseRequest::WebSocket(CloseCode::Protocol.into(), "websocket protocol error".into()));
-                    }
+                    Some(Err(e)) => break conn.on_frame_error(e),
                 }
             }
             // Closed from elsewhere (terminated, app disabled, too slow, shutdown): stop

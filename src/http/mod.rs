@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod api;
+pub mod body_guard;
 pub mod error;
 mod health;
 pub mod metrics;

@@ -152,6 +152,7 @@ fn app(
 > {
     WebApp::new()
         .app_data(data)
+        .wrap(actix_web::middleware::from_fn(super::body_guard::guard))
         .wrap(actix_web::middleware::from_fn(super::metrics::observe_api))
         .configure(super::routes)
 }

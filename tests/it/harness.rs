@@ -120,6 +120,16 @@ impl Server {
         self.child.id()
     }
 
+    /// The process's resident memory in KB, from `/proc`.
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     pub fn ws_url(&self, key: &str) -> String {
         format!(
             "ws://{}/app/{key}?protocol=7&client=it&version=1",

@@ -12,6 +12,7 @@ mod delivery_booking;
 mod delivery_sms;
 mod delivery_zoho;
 mod examples;
+mod faults;
 mod harness;
 mod http_api;
 mod loadtest_smoke;
