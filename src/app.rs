@@ -251,10 +251,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => (Arc::new(crate::cluster::MemoryBus), None),
         Some(url) => {
             let deliver = deliver_from_bus(registry.clone(), apps.clone(), connections.clone());
-            let bus =
-                crate::cluster::RedisBus::connect(url, &cfg.redis_prefix, node_id.clone(), deliver)
-                    .await
-                    .map_err(RunError::Bus)?;
+            let bus_timing = crate::cluster::BusTiming {
+                beat: Duration::from_millis(cfg.node_beat_ms.max(50)),
+                dead_after: Duration::from_millis(cfg.node_dead_after_ms.max(200)),
+            };
+            let bus = crate::cluster::RedisBus::connect(
+                url,
+                &cfg.redis_prefix,
+                node_id.clone(),
+                bus_timing,
+                deliver,
+            )
+            .await
+            .map_err(RunError::Bus)?;
             let conn = bus.connection().await.map_err(RunError::Bus)?;
             let bus: crate::cluster::SharedBus = bus;
             let announcer = Arc::new(crate::cluster::Announcer {
@@ -265,8 +274,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 apps: apps.clone(),
             });
             let timing = crate::cluster::Timing {
-                beat: Duration::from_millis(cfg.node_beat_ms.max(50)),
-                dead_after: Duration::from_millis(cfg.node_dead_after_ms.max(200)),
+                beat: bus_timing.beat,
+                dead_after: bus_timing.dead_after,
                 resync: Duration::from_secs(cfg.cluster_resync_secs.max(1)),
                 ttl: Duration::from_secs(cfg.cluster_key_ttl_secs.max(60)),
                 webhook_delay: Duration::from_millis(cfg.webhook_delay_ms),
@@ -380,8 +389,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     actix_web::rt::spawn(shutdown_on_signal(state.clone(), server.handle()));
     let result = server.await.map_err(RunError::Serve);
     if let Some(ledger) = &state.ledger {
-        // The closed sockets' leaves reach the cluster now, not when this node is reaped.
+        // The closed sockets' leaves reach the cluster now, not when this node is reaped; then
+        // the node leaves the list of live nodes, so triggers elsewhere stop waiting for it.
         let _ = tokio::time::timeout(Duration::from_secs(3), ledger.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), ledger.leave()).await;
     }
     metrics_handle.stop(true).await;
     // Jobs in flight finish; queued ones stay in the store for the next worker.

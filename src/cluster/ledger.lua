@@ -178,10 +178,18 @@ if mode == 'beat' then
   local cutoff = now - payload.dead_after
   local epoch = redis.call('GET', P .. ':epoch')
   if not epoch then
+    -- Redis lost everything (or this is the first node): a new epoch, and when it began, so
+    -- the bus knows the node list is still being rebuilt (see publish.lua).
     epoch = payload.epoch
     redis.call('SET', P .. ':epoch', epoch)
+    redis.call('SET', P .. ':epoch_at', now)
+  end
+  if redis.call('EXISTS', P .. ':epoch_at') == 0 then
+    -- An epoch from before epoch_at was kept: long settled.
+    redis.call('SET', P .. ':epoch_at', 1)
   end
   redis.call('EXPIRE', P .. ':epoch', ttl)
+  redis.call('EXPIRE', P .. ':epoch_at', ttl)
   local registered = redis.call('ZSCORE', P .. ':nodes', node) ~= false
   redis.call('ZADD', P .. ':nodes', now, node)
   redis.call('EXPIRE', P .. ':nodes', ttl)

@@ -240,6 +240,8 @@ struct RawSync {
 struct Request {
     ops: Vec<Op>,
     reply: Option<oneshot::Sender<Result<Vec<Outcome>, LedgerError>>>,
+    /// The node is stopping: take it off the live nodes and stop beating.
+    leave: bool,
 }
 
 pub struct Ledger {
@@ -299,6 +301,7 @@ impl Ledger {
             .send(Request {
                 ops,
                 reply: Some(reply),
+                leave: false,
             })
             .map_err(|_| LedgerError::Unavailable("the ledger writer stopped".into()))?;
         rx.await
@@ -311,12 +314,31 @@ impl Ledger {
         let _ = self.apply(Vec::new()).await;
     }
 
+    /// Takes this node off the live nodes (graceful shutdown, after [`Self::flush`]): the
+    /// others stop counting on it at once instead of when it stops beating.
+    pub async fn leave(&self) {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            ops: Vec::new(),
+            reply: Some(reply),
+            leave: true,
+        };
+        if self.tx.send(request).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Applies `ops` without waiting: leaves, whose facts the writer announces by itself.
     pub fn submit(&self, ops: Vec<Op>) {
         if ops.is_empty() {
             return;
         }
-        if self.tx.send(Request { ops, reply: None }).is_err() {
+        let request = Request {
+            ops,
+            reply: None,
+            leave: false,
+        };
+        if self.tx.send(request).is_err() {
             tracing::error!("cluster ledger writer stopped; this node's leaves are not recorded");
         }
     }
@@ -568,13 +590,21 @@ impl Writer {
                     let Some(first) = req else { break };
                     let mut batch = vec![first];
                     let mut ops = batch[0].ops.len();
-                    while ops < BATCH {
+                    while ops < BATCH && !batch[batch.len() - 1].leave {
                         match rx.try_recv() {
                             Ok(r) => { ops += r.ops.len(); batch.push(r); }
                             Err(_) => break,
                         }
                     }
+                    let leaving = batch.last().is_some_and(|r| r.leave).then(|| batch.pop()).flatten();
                     self.apply(batch).await;
+                    if let Some(leave) = leaving {
+                        self.leave().await;
+                        if let Some(reply) = leave.reply {
+                            let _ = reply.send(Ok(Vec::new()));
+                        }
+                        break;
+                    }
                 }
                 _ = beat.tick() => {
                     self.beat().await;
@@ -758,6 +788,16 @@ impl Writer {
             if removed == 1 {
                 self.announcer.observe(&d.app, d.event);
             }
+        }
+    }
+
+    async fn leave(&mut self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(format!("{}:nodes", self.prefix))
+            .arg(&self.node);
+        if let Err(e) = self.query::<()>(&pipe).await {
+            tracing::warn!(error = %e, "could not leave the cluster's live nodes; the others will find this node silent");
         }
     }
 

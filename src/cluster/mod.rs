@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 pub use announce::{Announcer, Fact};
 pub use envelope::{Body, Envelope, EnvelopeError};
 pub use ledger::{now_ms, Entry, Ledger, LedgerError, Op, Outcome, Timing};
-pub use redis_bus::RedisBus;
+pub use redis_bus::{BusTiming, RedisBus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -29,8 +29,9 @@ pub enum BusError {
 
 /// How events reach the other nodes.
 pub trait Bus: Send + Sync + 'static {
-    /// Hands `envelope` to every other node. `Ok` means the broker accepted it; an error
-    /// means no other node will see it, and the caller must say so rather than succeed.
+    /// Hands `envelope` to every other node. `Ok` means every live node is listening and the
+    /// broker accepted it for them; an error means no other node will see it (nothing was
+    /// half-published), and the caller must say so rather than succeed.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Hands several envelopes to the other nodes in order, in one round trip where the

@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::harness::{Server, APP_ID, KEY, SECRET};
 
 pub struct Api<'a> {
-    pub server: &'a Server,
+    /// `http://host:port` of the server the calls go to.
+    base: String,
+    _server: std::marker::PhantomData<&'a Server>,
     pub app_id: String,
     pub key: String,
     pub secret: String,
@@ -28,8 +30,15 @@ impl<'a> Api<'a> {
     }
 
     pub fn for_app(server: &'a Server, app_id: &str, key: &str, secret: &str) -> Self {
+        Self::at(server.addr, app_id, key, secret)
+    }
+
+    /// An API client of the given app at `addr`, owning nothing of the server (for tasks
+    /// that outlive a borrow).
+    pub fn at(addr: std::net::SocketAddr, app_id: &str, key: &str, secret: &str) -> Self {
         Self {
-            server,
+            base: format!("http://{addr}"),
+            _server: std::marker::PhantomData,
             app_id: app_id.into(),
             key: key.into(),
             secret: secret.into(),
@@ -73,7 +82,7 @@ impl<'a> Api<'a> {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let url = format!("{}?{query}", self.server.http(path));
+        let url = format!("{}{path}?{query}", self.base);
         let mut req = match method {
             "GET" => self.http.get(url),
             "DELETE" => self.http.delete(url),

@@ -77,7 +77,7 @@ async fn unsigned_slow_bodies_are_refused_unread_and_memory_stays_flat() {
     }
     assert_eq!(refused, 300);
     let grown = peak.max(server.rss_kb()).saturating_sub(idle);
-    eprintln!("slow bodies: idle {idle} KB, grown {grown} KB");
+    super::tally::report_memory("300 unsigned 1 MB POST bodies that stall", idle, grown);
     assert!(grown < 50 * 1024, "RSS grew by {grown} KB (idle {idle} KB)");
 }
 

@@ -83,7 +83,7 @@ async fn streaming_huge_frames_does_not_grow_the_nodes_memory() {
         }
     }
     let grown = server.rss_kb().saturating_sub(idle);
-    eprintln!("huge frames: idle {idle} KB, grown {grown} KB");
+    super::tally::report_memory("8 clients stream 20 MB frames declaring 1 TiB", idle, grown);
     assert!(grown < 20 * 1024, "RSS grew by {grown} KB (idle {idle} KB)");
     assert_eq!(
         cut_short, 8,

@@ -6,3 +6,5 @@
 mod bodies;
 mod frames;
 mod raw;
+mod redis_restart;
+mod tally;
