@@ -255,11 +255,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 beat: Duration::from_millis(cfg.node_beat_ms.max(50)),
                 dead_after: Duration::from_millis(cfg.node_dead_after_ms.max(200)),
             };
+            let reconcile = Arc::new(tokio::sync::Notify::new());
             let bus = crate::cluster::RedisBus::connect(
                 url,
                 &cfg.redis_prefix,
                 node_id.clone(),
                 bus_timing,
+                reconcile.clone(),
                 deliver,
             )
             .await
@@ -286,7 +288,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 node_id.clone(),
                 timing,
                 announcer,
+                reconcile.clone(),
             );
+            // Two beats: every node that is back rebuilds its share on its next beat.
+            actix_web::rt::spawn(crate::cluster::reconcile::run(
+                ledger.clone(),
+                registry.clone(),
+                reconcile,
+                2 * timing.beat,
+            ));
             tracing::info!(prefix = %cfg.redis_prefix, node = %node_id, "cluster bus and ledger on Redis");
             (bus, Some(ledger))
         }

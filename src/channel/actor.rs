@@ -11,8 +11,9 @@ use bellhop_protocol::server::{self, SubscriptionErrorKind};
 use bellhop_protocol::{SocketId, UserId};
 use bytestring::ByteString;
 
-use super::messages::{Joined, ListMembers, Member, Publish, Subscribe, Unsubscribe};
+use super::messages::{Joined, ListMembers, Member, Publish, Reconcile, Subscribe, Unsubscribe};
 use super::presence::{Change, Members};
+use super::presence_view::{MemberChange, PresenceView};
 use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
 use crate::connection::Outbox;
 use crate::metrics::AppMetrics;
@@ -23,9 +24,10 @@ struct Subscriber {
     user: Option<UserId>,
     /// Joining (clustered presence): the member frames held until the ledger's snapshot.
     pending: Option<Vec<(u64, ByteString)>>,
-    /// The number of the last member frame its snapshot included: an older frame that
-    /// arrives late is already in the snapshot and is not sent again.
-    snapshot_seq: Option<u64>,
+    /// Clustered presence: what this socket was told, when it differs from the channel's
+    /// shared view (its snapshot is newer than the view, or came from this node alone while
+    /// the ledger was away). None: the shared view is what it knows.
+    own_view: Option<PresenceView>,
     info: Option<std::sync::Arc<serde_json::value::RawValue>>,
 }
 
@@ -48,6 +50,8 @@ pub struct ChannelActor {
     metrics: AppMetrics,
     /// The cluster ledger decides members, occupancy and counts; this actor only delivers.
     clustered: bool,
+    /// Clustered presence: the members list its settled sockets were told.
+    view: Option<PresenceView>,
 }
 
 impl ChannelActor {
@@ -61,6 +65,7 @@ impl ChannelActor {
     ) -> Self {
         Self {
             clustered,
+            view: None,
             metrics: AppMetrics::for_app(key.app.as_str()),
             observer,
             count_events: false,
@@ -86,26 +91,92 @@ impl ChannelActor {
     }
 
     fn broadcast(&mut self, frame: &ByteString, except: Option<SocketId>, member_seq: Option<u64>) {
+        if let Some(seq) = member_seq {
+            return self.broadcast_member(frame, except, seq);
+        }
         let mut sent = 0u64;
-        for (id, sub) in &mut self.subscribers {
-            if let Some(held) = &mut sub.pending {
-                // A joining socket hears member changes only after its snapshot, and nothing
-                // else before subscription_succeeded.
-                if let (Some(seq), true) = (member_seq, Some(*id) != except) {
-                    held.push((seq, frame.clone()));
-                }
-                continue;
-            }
-            let seen = matches!((member_seq, sub.snapshot_seq), (Some(q), Some(s)) if q <= s);
-            if Some(*id) != except && !seen {
+        for (id, sub) in &self.subscribers {
+            // A joining socket hears nothing before subscription_succeeded.
+            if sub.pending.is_none() && Some(*id) != except {
                 // A full outbox closes its own connection (4100); the channel moves on.
                 if sub.outbox.push(frame.clone()).is_ok() {
                     sent += 1;
                 }
             }
         }
+        self.count_sent_frames(sent, frame);
+    }
+
+    fn count_sent_frames(&self, sent: u64, frame: &ByteString) {
         self.metrics.messages_sent.inc_by(sent);
         self.metrics.bytes_sent.inc_by(sent * frame.len() as u64);
+    }
+
+    /// A clustered member frame numbered `seq`: each socket gets it only if it changes what
+    /// that socket was told; joining sockets hold it until their snapshot says.
+    fn broadcast_member(&mut self, frame: &ByteString, except: Option<SocketId>, seq: u64) {
+        let change = MemberChange::parse(frame);
+        let shared = match (&mut self.view, &change) {
+            (Some(view), Some(c)) => view.apply(c, seq),
+            (Some(view), None) => seq > view.seq(),
+            (None, _) => true,
+        };
+        let shared_seq = self.view.as_ref().map_or(0, PresenceView::seq);
+        let mut sent = 0u64;
+        for (id, sub) in &mut self.subscribers {
+            if let Some(held) = &mut sub.pending {
+                if Some(*id) != except {
+                    held.push((seq, frame.clone()));
+                }
+                continue;
+            }
+            let tell = match (&mut sub.own_view, &change) {
+                (Some(own), Some(c)) => {
+                    let changed = own.apply(c, seq);
+                    if own.seq() <= shared_seq {
+                        sub.own_view = None;
+                    }
+                    changed
+                }
+                _ => shared,
+            };
+            if tell && Some(*id) != except && sub.outbox.push(frame.clone()).is_ok() {
+                sent += 1;
+            }
+        }
+        self.count_sent_frames(sent, frame);
+    }
+
+    /// Brings every settled socket to `truth` with the adds and removals it lacks. False
+    /// when the shared view is already newer than `truth` (frames overtook the read).
+    fn reconcile(&mut self, truth: PresenceView) -> bool {
+        if self.view.as_ref().is_some_and(|v| v.seq() > truth.seq()) {
+            return false;
+        }
+        let channel = self.key.name.as_str();
+        let mut frames_sent = 0usize;
+        for sub in self.subscribers.values_mut() {
+            if sub.pending.is_some() {
+                continue;
+            }
+            let Some(told) = sub.own_view.as_ref().or(self.view.as_ref()) else {
+                continue;
+            };
+            if told.seq() > truth.seq() {
+                continue;
+            }
+            for frame in told.frames_to(&truth, channel) {
+                if sub.outbox.push(frame).is_ok() {
+                    frames_sent += 1;
+                }
+            }
+            sub.own_view = None;
+        }
+        if frames_sent > 0 {
+            tracing::info!(channel = %channel, frames = frames_sent, "presence members reconciled with the cluster");
+        }
+        self.view = Some(truth);
+        true
     }
 
     fn observe(&self, event: WebhookEvent) {
@@ -203,7 +274,7 @@ impl ChannelActor {
                     outbox: msg.outbox,
                     user,
                     pending: Some(Vec::new()),
-                    snapshot_seq: None,
+                    own_view: None,
                     info,
                 },
             );
@@ -261,7 +332,7 @@ impl ChannelActor {
                 outbox: msg.outbox,
                 user,
                 pending: None,
-                snapshot_seq: None,
+                own_view: None,
                 info: None,
             },
         );
@@ -371,7 +442,6 @@ impl Handler<Joined> for ChannelActor {
         let Some(held) = sub.pending.take() else {
             return;
         };
-        sub.snapshot_seq = msg.seq;
         let user = sub.user.clone();
         let info = sub.info.take();
         let outbox = sub.outbox.clone();
@@ -390,14 +460,55 @@ impl Handler<Joined> for ChannelActor {
             None => self.succeeded_frame(),
         };
         self.send_to(&outbox, succeeded);
+        // What the socket was just told: the ledger's snapshot, or (ledger away) this node's
+        // members, which only a reconcile can put right.
+        let mut told = match msg.members {
+            Some(members) => PresenceView::new(members, msg.seq.unwrap_or(0)),
+            None => PresenceView::new(
+                self.members
+                    .iter()
+                    .map(|(id, info)| (id.to_owned(), info.to_owned())),
+                0,
+            ),
+        };
         for (seq, frame) in held {
-            if msg.seq.is_none_or(|snapshot| seq > snapshot) {
+            let tell = match MemberChange::parse(&frame) {
+                Some(change) => told.apply(&change, seq),
+                None => seq > told.seq(),
+            };
+            if tell {
                 self.send_to(&outbox, frame);
             }
         }
+        self.settle_view(msg.socket_id, told, msg.seq.is_some());
         if self.key.name.is_cache() {
             self.send_cached(&outbox);
         }
+    }
+}
+
+impl ChannelActor {
+    /// A newly joined socket's view becomes the channel's shared view if there is none, is
+    /// dropped if the shared view already includes it, else is kept as the socket's own.
+    fn settle_view(&mut self, socket: SocketId, told: PresenceView, from_ledger: bool) {
+        let own = match &self.view {
+            None if from_ledger => {
+                self.view = Some(told);
+                None
+            }
+            Some(view) if from_ledger && told.seq() <= view.seq() => None,
+            _ => Some(told),
+        };
+        if let Some(sub) = self.subscribers.get_mut(&socket) {
+            sub.own_view = own;
+        }
+    }
+}
+
+impl Handler<Reconcile> for ChannelActor {
+    type Result = bool;
+    fn handle(&mut self, msg: Reconcile, _: &mut Context<Self>) -> bool {
+        self.reconcile(msg.view)
     }
 }
 
@@ -405,5 +516,156 @@ impl Handler<ListMembers> for ChannelActor {
     type Result = Vec<UserId>;
     fn handle(&mut self, _: ListMembers, _: &mut Context<Self>) -> Vec<UserId> {
         self.members.ids()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use actix::Addr;
+    use bellhop_protocol::{AppId, ChannelName};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::connection::{outbox, Frame, Next, OutboxReceiver};
+
+    fn info() -> Box<RawValue> {
+        RawValue::from_string("{}".into()).unwrap()
+    }
+
+    fn clustered_presence() -> Addr<ChannelActor> {
+        let key = ChannelKey {
+            app: AppId::parse("1").unwrap(),
+            name: ChannelName::parse("presence-floor").unwrap(),
+        };
+        ChannelActor::new(key, 1, Default::default(), Weak::new(), None, true).start()
+    }
+
+    /// Joins socket `n` with the ledger's snapshot `members` as of member frame `seq`.
+    async fn join(addr: &Addr<ChannelActor>, n: u64, members: &[&str], seq: u64) -> OutboxReceiver {
+        let (tx, rx) = outbox(64);
+        let socket_id = SocketId::new(n, n);
+        addr.send(Subscribe {
+            socket_id,
+            outbox: tx,
+            member: None,
+            max_members: 100,
+            subscription_count: false,
+            cluster_members: None,
+            pending: true,
+        })
+        .await
+        .unwrap();
+        let members = members.iter().map(|m| (m.to_string(), info())).collect();
+        addr.send(Joined {
+            socket_id,
+            members: Some(members),
+            seq: Some(seq),
+        })
+        .await
+        .unwrap();
+        rx
+    }
+
+    async fn member_frame(addr: &Addr<ChannelActor>, frame: String, seq: u64) {
+        addr.send(Publish {
+            frame: frame.into(),
+            except: None,
+            from: None,
+            member_seq: Some(seq),
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The member changes queued for a socket, as "+id" / "-id".
+    async fn heard(rx: &OutboxReceiver) -> Vec<String> {
+        let mut buf = VecDeque::new();
+        let ready = futures_util::FutureExt::now_or_never(rx.recv(&mut buf));
+        if !matches!(ready, Some(Next::Frames)) {
+            return Vec::new();
+        }
+        buf.into_iter()
+            .filter_map(|f| match f {
+                Frame::Text(t) => MemberChange::parse(&t),
+                Frame::Pong(_) => None,
+            })
+            .map(|c| match c {
+                MemberChange::Added { user_id, .. } => format!("+{user_id}"),
+                MemberChange::Removed { user_id } => format!("-{user_id}"),
+            })
+            .collect()
+    }
+
+    const CH: &str = "presence-floor";
+
+    #[actix::test]
+    async fn member_frames_that_tell_nothing_new_are_dropped() {
+        let addr = clustered_presence();
+        let rx = join(&addr, 1, &["a", "b"], 100).await;
+        heard(&rx).await;
+        member_frame(&addr, server::member_added(CH, "a", &info()), 101).await;
+        member_frame(&addr, server::member_removed(CH, "zz"), 102).await;
+        member_frame(&addr, server::member_added(CH, "c", &info()), 103).await;
+        member_frame(&addr, server::member_added(CH, "d", &info()), 99).await;
+        assert_eq!(heard(&rx).await, ["+c"]);
+    }
+
+    #[actix::test]
+    async fn a_reconcile_tells_each_socket_its_own_difference() {
+        let addr = clustered_presence();
+        let old = join(&addr, 1, &["a", "b"], 100).await;
+        member_frame(&addr, server::member_added(CH, "c", &info()), 101).await;
+        // A socket whose snapshot is ahead of the frames that reached the actor.
+        let ahead = join(&addr, 2, &["a", "b", "c", "d"], 102).await;
+        heard(&old).await;
+        heard(&ahead).await;
+        let stale = PresenceView::new([("a".to_string(), info())], 100);
+        assert!(
+            !addr.send(Reconcile { view: stale }).await.unwrap(),
+            "a read older than the view is refused"
+        );
+        let truth = PresenceView::new(
+            [("a".to_string(), info()), ("e".to_string(), info())],
+            5_000,
+        );
+        assert!(addr.send(Reconcile { view: truth }).await.unwrap());
+        assert_eq!(heard(&old).await, ["-b", "-c", "+e"]);
+        assert_eq!(heard(&ahead).await, ["-b", "-c", "-d", "+e"]);
+        // Frames older than the truth are in it already.
+        member_frame(&addr, server::member_added(CH, "d", &info()), 4_000).await;
+        member_frame(&addr, server::member_added(CH, "f", &info()), 5_001).await;
+        assert_eq!(heard(&old).await, ["+f"]);
+        assert_eq!(heard(&ahead).await, ["+f"]);
+    }
+
+    #[actix::test]
+    async fn held_frames_are_filtered_against_the_joining_sockets_snapshot() {
+        let addr = clustered_presence();
+        let (tx, rx) = outbox(64);
+        let socket_id = SocketId::new(7, 7);
+        addr.send(Subscribe {
+            socket_id,
+            outbox: tx,
+            member: None,
+            max_members: 100,
+            subscription_count: false,
+            cluster_members: None,
+            pending: true,
+        })
+        .await
+        .unwrap();
+        member_frame(&addr, server::member_added(CH, "a", &info()), 10).await;
+        member_frame(&addr, server::member_added(CH, "b", &info()), 11).await;
+        member_frame(&addr, server::member_added(CH, "a", &info()), 12).await;
+        addr.send(Joined {
+            socket_id,
+            members: Some(vec![("a".to_string(), info())]),
+            seq: Some(10),
+        })
+        .await
+        .unwrap();
+        assert_eq!(heard(&rx).await, ["+b"], "b is news; a is in the snapshot");
     }
 }

@@ -71,3 +71,12 @@ pub struct Publish {
 #[derive(Message)]
 #[rtype(result = "Vec<UserId>")]
 pub struct ListMembers;
+
+/// Clustered presence: the ledger's members list as of member frame `view.seq()`. The actor
+/// tells each socket the adds and removals between what it was told and this, and answers
+/// false (changing nothing) when it has already moved past `view.seq()`: read again.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Reconcile {
+    pub view: crate::channel::presence_view::PresenceView,
+}

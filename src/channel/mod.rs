@@ -5,6 +5,7 @@
 mod actor;
 pub mod messages;
 pub mod presence;
+pub mod presence_view;
 mod registry;
 
 pub use actor::ChannelActor;

@@ -16,7 +16,8 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 
 use super::actor::ChannelActor;
-use super::messages::{ListMembers, Publish, Subscribe, Unsubscribe};
+use super::messages::{ListMembers, Publish, Reconcile, Subscribe, Unsubscribe};
+use super::presence_view::PresenceView;
 use crate::webhooks::Observed;
 
 /// A channel is unique per app: one app's clients never reach another app's channel.
@@ -206,6 +207,26 @@ impl ChannelRegistry {
         match addr {
             Some(addr) => addr.send(ListMembers).await.unwrap_or_default(),
             None => Vec::new(),
+        }
+    }
+
+    /// The live presence channels on this node, all apps.
+    pub fn presence_channels(&self) -> Vec<ChannelKey> {
+        self.channels
+            .lock()
+            .keys()
+            .filter(|k| k.name.is_presence())
+            .cloned()
+            .collect()
+    }
+
+    /// Brings the channel's sockets to `view` (see [`Reconcile`]). False when the channel
+    /// moved past it and must be read again; true when done or nobody is there.
+    pub async fn reconcile(&self, key: &ChannelKey, view: PresenceView) -> bool {
+        let addr = self.channels.lock().get(key).map(|e| e.addr.clone());
+        match addr {
+            Some(addr) => addr.send(Reconcile { view }).await.unwrap_or(true),
+            None => true,
         }
     }
 

@@ -19,11 +19,14 @@
 -- origin is "" (no node's id), so every node, the one that caused them included, delivers them.
 --
 -- ARGV: prefix, node, mode (apply | beat | sync), payload (JSON), ttl seconds, delay ms,
--- bus channel ("" = publish nothing: a rebuild after Redis lost everything).
+-- bus channel ("" = publish nothing), 'members' to publish member frames only.
 
 local P, node, mode, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local delay = tonumber(ARGV[6] or '0')
 local bus = ARGV[7]
+-- A rebuild after Redis lost everything publishes member frames (every node's channel actor
+-- drops those its sockets already know) but no watchlist events.
+local members_only = ARGV[8] == 'members'
 local payload = cjson.decode(ARGV[4])
 
 local function nodekey(who) return P .. ':n:' .. who end
@@ -49,15 +52,31 @@ local function touch(e, who)
 end
 
 -- Every member frame of a channel is numbered, and a join's snapshot carries the number it
--- includes, so a node can give a new member exactly the frames after its snapshot.
+-- includes, so a node can give a new member exactly the frames after its snapshot. A
+-- sequence starts at the current time in seconds times 1000, not at 1: after Redis lost it
+-- (a restart, or its TTL), new numbers are still above every number sockets already hold
+-- unless the channel averaged over 1000 member events a second. (Thirteen digits: cjson
+-- encodes numbers with 14 significant digits, so a larger base would lose its last ones.)
 local function seq_of(e) return P .. ':seq:' .. e[2] .. ':' .. e[3] end
+
+local function current_seq(e)
+  local k = seq_of(e)
+  local seq = redis.call('GET', k)
+  if not seq then
+    local t = redis.call('TIME')
+    seq = string.format('%.0f', tonumber(t[1]) * 1000)
+    redis.call('SET', k, seq)
+  end
+  redis.call('EXPIRE', k, ttl)
+  return tonumber(seq)
+end
 
 -- pusher_internal:member_added / member_removed as bellhop's protocol crate encodes them,
 -- in a bus envelope (header line, then the frame). `except` is the joining socket.
 local function publish_member(e, added, info, except)
   if bus == nil or bus == '' then return end
+  current_seq(e)
   local seq = redis.call('INCR', seq_of(e))
-  redis.call('EXPIRE', seq_of(e), ttl)
   local user = cjson.encode(e[4])
   local event, data
   if added then
@@ -68,7 +87,7 @@ local function publish_member(e, added, info, except)
     data = '{"user_id":' .. user .. '}'
   end
   local channel = cjson.encode(e[3])
-  local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"e","q":' .. seq .. ',"c":' .. channel
+  local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"e","q":' .. string.format('%.0f', seq) .. ',"c":' .. channel
   if except then header = header .. ',"x":' .. cjson.encode(except) end
   local frame = '{"event":"' .. event .. '","channel":' .. channel .. ',"data":' .. cjson.encode(data) .. '}'
   redis.call('PUBLISH', bus, header .. '}\n' .. frame)
@@ -76,7 +95,7 @@ end
 
 -- A user's first signed-in socket anywhere, or their last one leaving, for watchlists.
 local function publish_watch(e, online)
-  if bus == nil or bus == '' then return end
+  if bus == nil or bus == '' or members_only then return end
   local header = '{"n":"","a":' .. cjson.encode(e[2]) .. ',"t":"w","u":' .. cjson.encode(e[3])
     .. ',"on":' .. tostring(online) .. '}'
   redis.call('PUBLISH', bus, header .. '\n')
@@ -162,7 +181,7 @@ if mode == 'apply' then
       r.fact, r.total, r.d, r.pending = fact, t, d, pending
       if op.want then
         r.members = members(op.e)
-        r.seq = tonumber(redis.call('GET', seq_of(op.e)) or '0')
+        r.seq = current_seq(op.e)
       end
     end
     out[idx] = r
@@ -244,4 +263,11 @@ if mode == 'sync' then
   return cjson.encode(r)
 end
 
+if mode == 'truth' then
+  -- payload: a presence member entry's channel part { 'p', app, channel }: the members list
+  -- and the number of the last member frame it includes, read together.
+  return cjson.encode({ seq = current_seq(payload), members = members(payload) })
+end
+
 return redis.error_reply('unknown ledger mode ' .. tostring(mode))
+

@@ -24,8 +24,12 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::announce::{Announcer, Deferred, Fact};
+use crate::channel::presence_view::PresenceView;
 
 const SCRIPT: &str = include_str!("ledger.lua");
+/// The same script for reads outside the writer (built once: a script hashes its source).
+static LEDGER: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SCRIPT));
 
 /// Takes messages from an app's per-second budget, or none of them (built once: a script
 /// hashes its source when made).
@@ -249,6 +253,7 @@ pub struct Ledger {
     reader: ConnectionManager,
     prefix: String,
     healthy: Arc<AtomicBool>,
+    ttl_secs: u64,
 }
 
 impl Ledger {
@@ -260,6 +265,7 @@ impl Ledger {
         node: String,
         timing: Timing,
         announcer: Arc<Announcer>,
+        reconcile: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         // Unbounded: a dropped leave would stay in this node's share for ever. Joins wait for
         // their answer, so the queue holds at most one join per connection plus its leaves.
@@ -278,6 +284,7 @@ impl Ledger {
             healthy: healthy.clone(),
             counts_due: BTreeSet::new(),
             deferred: Vec::new(),
+            reconcile,
         };
         tokio::spawn(writer.run(rx));
         Arc::new(Self {
@@ -285,6 +292,7 @@ impl Ledger {
             reader: conn,
             prefix,
             healthy,
+            ttl_secs: timing.ttl.as_secs().max(1),
         })
     }
 
@@ -437,6 +445,38 @@ impl Ledger {
             .collect())
     }
 
+    /// A presence channel's members and the number of the last member frame they include,
+    /// read together (for [`super::reconcile`]).
+    pub async fn presence_truth(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<PresenceView, LedgerError> {
+        #[derive(Deserialize)]
+        struct Truth {
+            seq: u64,
+            members: Value,
+        }
+        let payload = json!(["p", app.as_str(), channel.as_str()]);
+        let mut invocation = LEDGER.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg("")
+            .arg(Mode::Truth.name())
+            .arg(payload.to_string())
+            .arg(self.ttl_secs)
+            .arg(0)
+            .arg("")
+            .arg("");
+        let mut conn = self.reader.clone();
+        let answer: String = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| LedgerError::Unavailable("Redis did not answer in time".into()))??;
+        let truth: Truth =
+            serde_json::from_str(&answer).map_err(|e| LedgerError::Malformed(e.to_string()))?;
+        Ok(PresenceView::new(parse_members(truth.members), truth.seq))
+    }
+
     /// Which of `users` have a signed-in socket anywhere in the cluster.
     pub async fn online(&self, app: &AppId, users: &[UserId]) -> Result<Vec<bool>, LedgerError> {
         if users.is_empty() {
@@ -557,12 +597,25 @@ struct Writer {
     counts_due: BTreeSet<(AppId, ChannelName)>,
     /// Leave webhooks waiting out the cancel window, oldest first.
     deferred: Vec<(tokio::time::Instant, Deferred)>,
+    /// Asks for this node's presence channels to be reconciled with the ledger.
+    reconcile: Arc<tokio::sync::Notify>,
 }
 
 enum Mode {
     Apply,
     Beat,
     Sync,
+    Truth,
+}
+
+/// Which events a script call publishes to the bus.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publishing {
+    /// Member frames and watchlist events: the normal case.
+    All,
+    /// Member frames only: a rebuild after Redis lost everything, whose member frames the
+    /// channel actors filter against what their sockets know (watchlist events they cannot).
+    MembersOnly,
 }
 
 impl Mode {
@@ -571,6 +624,7 @@ impl Mode {
             Mode::Apply => "apply",
             Mode::Beat => "beat",
             Mode::Sync => "sync",
+            Mode::Truth => "truth",
         }
     }
 }
@@ -583,7 +637,7 @@ impl Writer {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         // Clears whatever an earlier process with this node id left, before the first beat.
-        self.sync(true).await;
+        self.sync(true, Publishing::All).await;
         loop {
             tokio::select! {
                 req = rx.recv() => {
@@ -610,7 +664,7 @@ impl Writer {
                     self.beat().await;
                     self.announce_counts().await;
                 }
-                _ = resync.tick() => self.sync(true).await,
+                _ = resync.tick() => self.sync(true, Publishing::All).await,
                 _ = tokio::time::sleep_until(self.next_deferred()), if !self.deferred.is_empty() => {
                     self.settle().await;
                 }
@@ -618,19 +672,14 @@ impl Writer {
         }
     }
 
-    /// Runs the script. `publish`: member events it causes go to the bus (not so while
-    /// rebuilding a lost ledger, which changes nothing clients know).
+    /// Runs the script; `publish` says which of the events it causes go to the bus.
     async fn call(
         &mut self,
         mode: Mode,
         payload: &Value,
-        publish: bool,
+        publish: Publishing,
     ) -> Result<String, LedgerError> {
-        let bus = if publish {
-            format!("{}:bus", self.prefix)
-        } else {
-            String::new()
-        };
+        let bus = format!("{}:bus", self.prefix);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .arg(&self.prefix)
@@ -639,7 +688,11 @@ impl Writer {
             .arg(payload.to_string())
             .arg(self.timing.ttl.as_secs().max(1))
             .arg(self.timing.webhook_delay.as_millis() as u64)
-            .arg(bus);
+            .arg(bus)
+            .arg(match publish {
+                Publishing::MembersOnly => "members",
+                Publishing::All => "",
+            });
         let result = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut self.conn))
             .await
             .map_err(|_| LedgerError::Unavailable("Redis did not answer in time".into()))
@@ -694,7 +747,9 @@ impl Writer {
                 })
             })
             .collect();
-        let answer = self.call(Mode::Apply, &Value::Array(payload), true).await;
+        let answer = self
+            .call(Mode::Apply, &Value::Array(payload), Publishing::All)
+            .await;
         let raws: Result<Vec<RawOutcome>, LedgerError> = answer.and_then(|s| {
             serde_json::from_str(&s).map_err(|e| LedgerError::Malformed(e.to_string()))
         });
@@ -809,7 +864,7 @@ impl Writer {
             "dead_after": self.timing.dead_after.as_millis() as u64,
             "epoch": candidate,
         });
-        let Ok(answer) = self.call(Mode::Beat, &payload, true).await else {
+        let Ok(answer) = self.call(Mode::Beat, &payload, Publishing::All).await else {
             return;
         };
         let beat: RawBeat = match serde_json::from_str(&answer) {
@@ -831,30 +886,30 @@ impl Writer {
         let taken_for_dead = self.epoch.is_some() && !beat.registered;
         self.epoch = Some(beat.epoch);
         if lost {
-            // Redis came back empty: every node rebuilds from its own truth. What each
-            // client already knows did not change, so nothing is announced.
+            // Redis came back empty: every node rebuilds from its own truth, with no webhooks
+            // (nothing the backend knows changed). Its member frames reach every node, whose
+            // channel actors drop those their sockets already know; a reconcile a little later,
+            // once every node has rebuilt, removes the members who left during the outage.
             tracing::warn!("cluster ledger was lost (Redis restarted empty); rebuilding");
-            self.sync(false).await;
+            self.sync(false, Publishing::MembersOnly).await;
+            self.reconcile.notify_one();
         } else if taken_for_dead || self.dirty {
             if taken_for_dead {
                 tracing::warn!("this node was taken for dead; restoring its share");
             }
-            self.sync(true).await;
+            self.sync(true, Publishing::All).await;
         }
     }
 
     /// Makes the ledger's record of this node exactly its share; `announce` the facts that
     /// the difference caused.
-    async fn sync(&mut self, announce: bool) {
+    async fn sync(&mut self, announce: bool, publish: Publishing) {
         let payload: Vec<Value> = self
             .share
             .iter()
             .map(|(e, s)| json!({"e": e.encode(), "n": s.count, "i": s.info.as_ref().map(|i| i.get())}))
             .collect();
-        let Ok(answer) = self
-            .call(Mode::Sync, &Value::Array(payload), announce)
-            .await
-        else {
+        let Ok(answer) = self.call(Mode::Sync, &Value::Array(payload), publish).await else {
             return;
         };
         self.dirty = false;

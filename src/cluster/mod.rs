@@ -10,6 +10,7 @@
 mod announce;
 mod envelope;
 mod ledger;
+pub mod reconcile;
 mod redis_bus;
 
 use std::sync::Arc;

@@ -80,6 +80,7 @@ impl RedisBus {
         prefix: &str,
         node: String,
         timing: BusTiming,
+        resubscribed: Arc<tokio::sync::Notify>,
         deliver: impl Fn(Envelope) + Send + Sync + 'static,
     ) -> Result<Arc<Self>, BusError> {
         let client = redis::Client::open(url).map_err(|e| BusError::Unavailable(e.to_string()))?;
@@ -108,7 +109,7 @@ impl RedisBus {
             client,
             Channels::new(prefix, &node),
             node,
-            (subscribed.clone(), peers, timing),
+            (subscribed.clone(), peers, timing, resubscribed),
             Arc::new(deliver),
         ));
         tokio::spawn(follow_peers(Arc::downgrade(&bus)));
@@ -149,10 +150,16 @@ async fn subscribe(
     client: redis::Client,
     channels: Channels,
     node: String,
-    (subscribed, peers, timing): (Arc<AtomicBool>, Arc<Peers>, BusTiming),
+    (subscribed, peers, timing, resubscribed): (
+        Arc<AtomicBool>,
+        Arc<Peers>,
+        BusTiming,
+        Arc<tokio::sync::Notify>,
+    ),
     deliver: Arc<dyn Fn(Envelope) + Send + Sync>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut dropped = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -163,6 +170,10 @@ async fn subscribe(
                     subscribed.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
                     tracing::info!(channel = %channels.bus, "cluster bus subscribed");
+                    if std::mem::take(&mut dropped) {
+                        // Member frames published while away never came: put presence right.
+                        resubscribed.notify_one();
+                    }
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         if msg.get_channel_name() != channels.bus {
@@ -179,6 +190,7 @@ async fn subscribe(
             Err(e) => tracing::warn!(error = %e, "cluster bus cannot reach Redis"),
         }
         peers.outage(&timing);
+        dropped = true;
         if subscribed.swap(false, Ordering::Relaxed) {
             tracing::warn!("cluster bus lost Redis; reconnecting");
         }
