@@ -233,6 +233,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         store.clone(),
         Duration::from_millis(cfg.webhook_delay_ms),
         Duration::from_millis(cfg.webhook_batch_ms),
+        cfg.redis_url.is_some(),
     )
     .start();
 

@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::store::{now_ms, Dialect, Store, StoreError};
+use crate::jobs::queue::enqueue_in;
+use crate::jobs::NewJob;
+use crate::store::{now_ms, Store, StoreError};
 
 pub const JOB_KIND: &str = "delivery";
 /// How long an unanswered Idempotency-Key claim blocks a retry.
@@ -403,21 +405,18 @@ impl Store {
                 .map(|r| r.try_get(0))
                 .transpose()?;
                 let Some(id) = id else { continue };
-                let job_id: i64 = sqlx::query(
-                    "INSERT INTO jobs (kind, app_id, payload, dedupe_key, state, attempts, run_at, \
-                     expires_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $7) RETURNING id",
-                )
-                .bind(JOB_KIND)
-                .bind(&n.app_id)
-                .bind(serde_json::json!({ "delivery_id": id }).to_string())
-                .bind(format!("delivery:{id}"))
-                .bind(d.run_at)
-                .bind(d.run_at.saturating_add(DELIVERY_EXPIRY_MS))
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+                let job = NewJob {
+                    kind: JOB_KIND,
+                    app_id: n.app_id.clone(),
+                    payload: serde_json::json!({ "delivery_id": id }).to_string(),
+                    dedupe_key: Some(format!("delivery:{id}")),
+                    run_at: d.run_at,
+                    expires_at: d.run_at.saturating_add(DELIVERY_EXPIRY_MS),
+                };
+                let Some(job_id) = enqueue_in(&mut tx, &job).await? else {
+                    // A new delivery's key was never used: its job cannot exist already.
+                    return Err(StoreError::Query(sqlx::Error::RowNotFound));
+                };
                 sqlx::query("UPDATE deliveries SET job_id = $1 WHERE id = $2")
                     .bind(job_id)
                     .bind(id)
@@ -456,12 +455,7 @@ impl Store {
         }
         tx.commit().await?;
         if !accepted.is_empty() {
-            self.enqueued.notify_one();
-            if self.dialect == Dialect::Postgres {
-                let _ = sqlx::query("SELECT pg_notify('bellhop_jobs', '')")
-                    .execute(&self.pool)
-                    .await;
-            }
+            self.wake_workers().await;
         }
         Ok(accepted)
     }

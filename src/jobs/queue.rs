@@ -108,6 +108,30 @@ pub struct AttemptRow {
     pub detail: Option<String>,
 }
 
+/// The one writer of job rows: accepts `job` on `conn`, which may be inside the caller's
+/// transaction (the job is then accepted when that commits; call [`Store::wake_workers`]
+/// after). `None` when a job with the same dedupe key exists.
+pub async fn enqueue_in(
+    conn: &mut sqlx::AnyConnection,
+    job: &NewJob,
+) -> Result<Option<i64>, StoreError> {
+    let now = now_ms();
+    let insert = "INSERT INTO jobs (kind, app_id, payload, dedupe_key, state, attempts, run_at, \
+         expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $7) \
+         ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+    let row = sqlx::query(insert)
+        .bind(job.kind)
+        .bind(&job.app_id)
+        .bind(&job.payload)
+        .bind(job.dedupe_key.as_deref())
+        .bind(job.run_at)
+        .bind(job.expires_at)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?)
+}
+
 const JOB_COLUMNS: &str =
     "id, kind, app_id, state, attempts, run_at, expires_at, last_error, created_at, payload";
 
@@ -131,31 +155,24 @@ impl Store {
     /// Accepts a job: once this returns `Ok`, the job survives a crash. Returns `None` when
     /// a job with the same dedupe key was accepted before.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Option<i64>, StoreError> {
-        let now = now_ms();
-        let insert = "INSERT INTO jobs (kind, app_id, payload, dedupe_key, state, attempts, run_at, \
-             expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $7) \
-             ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
-        let row = sqlx::query(insert)
-            .bind(job.kind)
-            .bind(&job.app_id)
-            .bind(&job.payload)
-            .bind(job.dedupe_key.as_deref())
-            .bind(job.run_at)
-            .bind(job.expires_at)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-        let id = row.map(|r| r.try_get::<i64, _>(0)).transpose()?;
+        let mut conn = self.pool.acquire().await?;
+        let id = enqueue_in(&mut conn, job).await?;
         if id.is_some() {
-            self.enqueued.notify_one();
-            if self.dialect == Dialect::Postgres {
-                // Other nodes' workers wake on this; a missed one is caught by polling.
-                let _ = sqlx::query("SELECT pg_notify('bellhop_jobs', '')")
-                    .execute(&self.pool)
-                    .await;
-            }
+            self.wake_workers().await;
         }
         Ok(id)
+    }
+
+    /// Tells this node's workers (and, on Postgres, every node's) that jobs were committed.
+    /// Callers that enqueue inside their own transaction call it after the commit.
+    pub async fn wake_workers(&self) {
+        self.enqueued.notify_one();
+        if self.dialect == Dialect::Postgres {
+            // Other nodes' workers wake on this; a missed one is caught by polling.
+            let _ = sqlx::query("SELECT pg_notify('bellhop_jobs', '')")
+                .execute(&self.pool)
+                .await;
+        }
     }
 
     /// Claims up to `limit` due jobs (pending and due, or running with an expired lease) for

@@ -1,399 +1,286 @@
-//! The webhook batcher actor. It holds `channel_vacated` and `member_removed` back for a
-//! short window and drops the pair when the channel or member comes back within it (so no
-//! flapping pairs reach the receiver), gathers the rest per app for a moment, and enqueues
-//! one durable job per (app, target) batch. Handlers only change state; enqueueing runs as a
-//! spawned future.
+//! The webhook batcher: every fact worth a webhook is written to the store's webhook log as it
+//! is observed (see [`super::log`]), in order, by one writer task that commits whatever was
+//! observed meanwhile together; every `flush_every` the due events become one durable job per
+//! (app, target) batch. `channel_vacated` and `member_removed` wait out a cancel window in the
+//! log, and a join within it deletes the leave (so no flapping pair reaches the receiver).
+//! A node without a cluster starts by closing what the receivers were told is open: those
+//! channels and members died with the previous process, unless their clients come back
+//! within the window.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler, Message};
-use bellhop_protocol::AppId;
+use actix::{Actor, Context, Handler};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
+use super::event::{Observed, WebhookEvent};
+use super::log::{DueEvent, LogEntry, Pair};
 use crate::apps::AppDirectory;
 use crate::jobs::NewJob;
 use crate::store::{now_ms, Store};
 
 /// How long webhook jobs keep retrying.
 pub const WEBHOOK_EXPIRY: Duration = Duration::from_secs(15 * 60);
+/// Due events turned into jobs per flush at most (the rest go on the next).
+const FLUSH_LIMIT: i64 = 5_000;
+/// Observations kept in memory while the store refuses them; beyond, the oldest are lost
+/// (and logged as errors).
+const MAX_UNWRITTEN: usize = 100_000;
 
-/// A fact worth a webhook.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WebhookEvent {
-    ChannelOccupied {
-        channel: String,
-    },
-    ChannelVacated {
-        channel: String,
-    },
-    MemberAdded {
-        channel: String,
-        user_id: String,
-    },
-    MemberRemoved {
-        channel: String,
-        user_id: String,
-    },
-    ClientEvent {
-        channel: String,
-        event: String,
-        data: String,
-        socket_id: String,
-        user_id: Option<String>,
-    },
-    CacheMiss {
-        channel: String,
-    },
-    SubscriptionCount {
-        channel: String,
-        count: u64,
-    },
-}
-
-impl WebhookEvent {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::ChannelOccupied { .. } => "channel_occupied",
-            Self::ChannelVacated { .. } => "channel_vacated",
-            Self::MemberAdded { .. } => "member_added",
-            Self::MemberRemoved { .. } => "member_removed",
-            Self::ClientEvent { .. } => "client_event",
-            Self::CacheMiss { .. } => "cache_miss",
-            Self::SubscriptionCount { .. } => "subscription_count",
-        }
-    }
-
-    /// The event as it appears in the webhook body's `events` array.
-    pub fn to_json(&self) -> Value {
-        let name = self.kind();
-        match self {
-            Self::ChannelOccupied { channel }
-            | Self::ChannelVacated { channel }
-            | Self::CacheMiss { channel } => json!({"name": name, "channel": channel}),
-            Self::MemberAdded { channel, user_id } | Self::MemberRemoved { channel, user_id } => {
-                json!({"name": name, "channel": channel, "user_id": user_id})
-            }
-            Self::ClientEvent {
-                channel,
-                event,
-                data,
-                socket_id,
-                user_id,
-            } => {
-                let mut v = json!({"name": name, "channel": channel, "event": event,
-                                   "data": data, "socket_id": socket_id});
-                if let Some(u) = user_id {
-                    v["user_id"] = u.as_str().into();
-                }
-                v
-            }
-            Self::SubscriptionCount { channel, count } => {
-                json!({"name": name, "channel": channel, "subscription_count": count})
-            }
-        }
-    }
-
-    /// The key that pairs a delayed leave with the join that cancels it.
-    fn pair_key(&self) -> Option<(String, Option<String>)> {
-        match self {
-            Self::ChannelOccupied { channel } | Self::ChannelVacated { channel } => {
-                Some((channel.clone(), None))
-            }
-            Self::MemberAdded { channel, user_id } | Self::MemberRemoved { channel, user_id } => {
-                Some((channel.clone(), Some(user_id.clone())))
-            }
-            _ => None,
-        }
-    }
-
-    fn is_delayed_leave(&self) -> bool {
-        matches!(
-            self,
-            Self::ChannelVacated { .. } | Self::MemberRemoved { .. }
-        )
-    }
-}
-
-/// A fact from a channel or connection, for one app.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct Observed {
-    pub app: AppId,
-    pub event: WebhookEvent,
-    /// The cancel window was already applied (by the cluster ledger): send as it is.
-    pub settled: bool,
-}
-
-#[derive(Default)]
-struct AppBuffer {
-    ready: Vec<WebhookEvent>,
-    /// Leaves waiting out the cancel window, by pair key.
-    delayed: HashMap<(String, Option<String>), (Instant, WebhookEvent)>,
-}
-
-/// The delay-and-cancel and batching rules, apart from the actor so they can be tested
-/// without a store.
-struct Buffers {
-    delay: Duration,
-    apps: HashMap<AppId, AppBuffer>,
-}
-
-impl Buffers {
-    fn observe(&mut self, app: AppId, event: WebhookEvent, now: Instant) {
-        let buf = self.apps.entry(app).or_default();
-        let Some(key) = event.pair_key() else {
-            buf.ready.push(event);
-            return;
-        };
-        if event.is_delayed_leave() {
-            buf.delayed.insert(key, (now + self.delay, event));
-        } else if buf.delayed.remove(&key).is_none() {
-            buf.ready.push(event);
-        }
-        // else: it came back within the window; neither the leave nor the join is sent.
-    }
-
-    /// An event whose cancel window was applied elsewhere.
-    fn push_ready(&mut self, app: AppId, event: WebhookEvent) {
-        self.apps.entry(app).or_default().ready.push(event);
-    }
-
-    /// Moves due leaves to ready and takes every app's ready events.
-    fn take_due(&mut self, now: Instant) -> Vec<(AppId, Vec<WebhookEvent>)> {
-        let mut out = Vec::new();
-        for (app, buf) in &mut self.apps {
-            // Due leaves go out in the order they happened (member_removed before the
-            // channel_vacated that followed it).
-            let mut due: Vec<_> = buf
-                .delayed
-                .iter()
-                .filter(|(_, (at, _))| *at <= now)
-                .map(|(k, (at, _))| (*at, k.clone()))
-                .collect();
-            due.sort_by_key(|(at, _)| *at);
-            for (_, k) in due {
-                if let Some((_, ev)) = buf.delayed.remove(&k) {
-                    buf.ready.push(ev);
-                }
-            }
-            if !buf.ready.is_empty() {
-                out.push((app.clone(), std::mem::take(&mut buf.ready)));
-            }
-        }
-        self.apps
-            .retain(|_, b| !b.ready.is_empty() || !b.delayed.is_empty());
-        out
-    }
-}
-
+/// The actor: the address every observer sends to. It only classifies and queues.
 pub struct WebhookBatcher {
     apps: Arc<AppDirectory>,
-    store: Store,
-    flush_every: Duration,
-    buffers: Buffers,
+    delay: Duration,
+    log: mpsc::UnboundedSender<LogEntry>,
 }
 
 impl WebhookBatcher {
+    /// Starts the log writer; `clustered`: the ledger pairs leaves and joins cluster-wide,
+    /// so nothing is paired or held here.
     pub fn new(
         apps: Arc<AppDirectory>,
         store: Store,
         delay: Duration,
         flush_every: Duration,
+        clustered: bool,
     ) -> Self {
-        Self {
-            apps,
+        let (log, rx) = mpsc::unbounded_channel();
+        let writer = LogWriter {
+            apps: apps.clone(),
             store,
-            flush_every,
-            buffers: Buffers {
-                delay,
-                apps: HashMap::new(),
-            },
-        }
+            delay,
+            unwritten: VecDeque::new(),
+        };
+        tokio::spawn(writer.run(rx, flush_every, clustered));
+        Self { apps, delay, log }
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        let due = self.buffers.take_due(Instant::now());
-        if due.is_empty() {
-            return;
+    fn entry(&self, msg: Observed) -> Option<LogEntry> {
+        let app = self.apps.by_id(msg.app.as_str())?;
+        if app.webhooks.is_empty() {
+            return None;
         }
-        let mut jobs = Vec::new();
-        // One timestamp per flush: every target of a batch gets the same body.
-        let now = now_ms();
-        for (app_id, events) in due {
-            let Some(app) = self.apps.by_id(app_id.as_str()) else {
-                continue;
-            };
-            for (i, target) in app.webhooks.iter().enumerate() {
-                let wanted: Vec<Value> = events
-                    .iter()
-                    .filter(|e| target.wants(e.kind()))
-                    .map(WebhookEvent::to_json)
-                    .collect();
-                if wanted.is_empty() {
-                    continue;
-                }
-                let body = json!({"time_ms": now, "events": wanted}).to_string();
-                let payload = json!({"target": i, "url": target.url, "body": body}).to_string();
-                jobs.push(NewJob {
-                    kind: super::sender::KIND,
-                    app_id: app_id.to_string(),
-                    payload,
-                    dedupe_key: None,
-                    run_at: now,
-                    expires_at: now + WEBHOOK_EXPIRY.as_millis() as i64,
+        let kind = msg.event.kind();
+        let wanted = app.webhooks.iter().any(|t| t.wants(kind));
+        let pair =
+            (!msg.settled)
+                .then(|| msg.event.pair())
+                .flatten()
+                .map(|(channel, user_id, opens)| Pair {
+                    channel: channel.to_owned(),
+                    user_id: user_id.to_owned(),
+                    opens,
                 });
-            }
+        if !wanted && pair.is_none() {
+            return None;
         }
-        let store = self.store.clone();
-        ctx.spawn(actix::fut::wrap_future(async move {
-            for job in jobs {
-                enqueue_with_retry(&store, job).await;
-            }
-        }));
+        Some(entry_for(
+            msg.app.as_str(),
+            &msg.event,
+            wanted,
+            pair,
+            self.delay,
+        ))
     }
 }
 
-/// How long a batch waits in memory for an unreachable store, and how many may wait.
-const HOLD_FOR: Duration = Duration::from_secs(10 * 60);
-const MAX_HELD: usize = 10_000;
-static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A store outage must not lose a batch: it is kept in memory and retried with back-off for
-/// up to ten minutes (at most 10 000 batches at once), then given up loudly.
-async fn enqueue_with_retry(store: &Store, job: NewJob) {
-    use std::sync::atomic::Ordering;
-    let mut wait = Duration::from_millis(100);
-    let start = tokio::time::Instant::now();
-    let mut held = false;
-    loop {
-        match store.enqueue(&job).await {
-            Ok(_) => break,
-            Err(e) => {
-                if !held {
-                    if HELD.fetch_add(1, Ordering::Relaxed) >= MAX_HELD {
-                        HELD.fetch_sub(1, Ordering::Relaxed);
-                        tracing::error!(app_id = %job.app_id, "webhook batch lost: {MAX_HELD} batches already wait for the store");
-                        return;
-                    }
-                    held = true;
-                }
-                if start.elapsed() > HOLD_FOR {
-                    tracing::error!(app_id = %job.app_id, error = %e, "webhook batch lost: the store refused it for 10 minutes");
-                    break;
-                }
-                tracing::warn!(app_id = %job.app_id, error = %e, "the store refused a webhook batch; holding it in memory");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    if held {
-        HELD.fetch_sub(1, Ordering::Relaxed);
+/// The log entry of an observed event: a paired leave is due after the cancel window.
+fn entry_for(
+    app_id: &str,
+    event: &WebhookEvent,
+    wanted: bool,
+    pair: Option<Pair>,
+    delay: Duration,
+) -> LogEntry {
+    let now = now_ms();
+    let due_at = match &pair {
+        Some(p) if !p.opens => now + delay.as_millis() as i64,
+        _ => now,
+    };
+    LogEntry {
+        app_id: app_id.to_owned(),
+        kind: event.kind(),
+        body: event.to_json().to_string(),
+        due_at,
+        wanted,
+        pair,
     }
 }
 
 impl Actor for WebhookBatcher {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.flush_every, |this, ctx| this.flush(ctx));
-    }
 }
 
 impl Handler<Observed> for WebhookBatcher {
     type Result = ();
     fn handle(&mut self, msg: Observed, _: &mut Context<Self>) {
-        // Only apps with a target that wants this kind pay for buffering.
-        let wanted = self
-            .apps
-            .by_id(msg.app.as_str())
-            .is_some_and(|a| a.webhooks.iter().any(|t| t.wants(msg.event.kind())));
-        if msg.settled {
-            if wanted {
-                self.buffers.push_ready(msg.app, msg.event);
-            }
-        } else if wanted || msg.event.pair_key().is_some() {
-            self.buffers.observe(msg.app, msg.event, Instant::now());
+        if let Some(entry) = self.entry(msg) {
+            // The writer lives as long as the runtime; a send after it stopped is shutdown.
+            let _ = self.log.send(entry);
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The one writer of the webhook log.
+struct LogWriter {
+    apps: Arc<AppDirectory>,
+    store: Store,
+    delay: Duration,
+    /// Observed, not yet committed (the store refused them): retried in order.
+    unwritten: VecDeque<LogEntry>,
+}
 
-    fn occupied(c: &str) -> WebhookEvent {
-        WebhookEvent::ChannelOccupied { channel: c.into() }
-    }
-    fn vacated(c: &str) -> WebhookEvent {
-        WebhookEvent::ChannelVacated { channel: c.into() }
+impl LogWriter {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<LogEntry>,
+        flush_every: Duration,
+        clustered: bool,
+    ) {
+        if !clustered {
+            self.close_what_a_crash_left().await;
+        }
+        let mut flush = tokio::time::interval(flush_every);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                entry = rx.recv() => {
+                    let Some(entry) = entry else { break };
+                    self.unwritten.push_back(entry);
+                    while let Ok(more) = rx.try_recv() {
+                        self.unwritten.push_back(more);
+                    }
+                }
+                _ = flush.tick() => {
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!(error = %e, "webhook batches wait for the store");
+                    }
+                }
+            }
+            if self.write().await {
+                backoff = Duration::from_millis(100);
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        // Shutdown: what was observed last is committed before the process goes.
+        let _ = self.write().await;
     }
 
-    fn batcher() -> Buffers {
-        Buffers {
-            delay: Duration::from_secs(3),
-            apps: HashMap::new(),
+    /// Commits what is unwritten. False when the store refused (kept for the next try).
+    async fn write(&mut self) -> bool {
+        if self.unwritten.is_empty() {
+            return true;
+        }
+        let batch: Vec<LogEntry> = self.unwritten.iter().cloned().collect();
+        match self.store.record_webhooks(&batch).await {
+            Ok(()) => {
+                self.unwritten.clear();
+                true
+            }
+            Err(e) => {
+                let over = self.unwritten.len().saturating_sub(MAX_UNWRITTEN);
+                if over > 0 {
+                    self.unwritten.drain(..over);
+                    tracing::error!(
+                        lost = over,
+                        "webhook events lost: the store refused them and too many wait"
+                    );
+                }
+                tracing::warn!(error = %e, waiting = self.unwritten.len(), "the store refused webhook events; holding them in memory");
+                false
+            }
         }
     }
 
-    #[test]
-    fn leave_then_join_within_the_window_sends_nothing() {
-        let app = AppId::parse("1").unwrap();
-        let t0 = Instant::now();
-        let mut b = batcher();
-        b.observe(app.clone(), occupied("a"), t0);
-        b.observe(app.clone(), vacated("a"), t0);
-        b.observe(app.clone(), occupied("a"), t0 + Duration::from_secs(1));
-        let buf = &b.apps[&app];
-        assert_eq!(buf.ready, vec![occupied("a")]);
-        assert!(buf.delayed.is_empty());
-    }
-
-    #[test]
-    fn a_leave_is_sent_after_the_window() {
-        let app = AppId::parse("1").unwrap();
-        let t0 = Instant::now();
-        let mut b = batcher();
-        b.observe(app.clone(), vacated("a"), t0);
-        assert!(b.take_due(t0 + Duration::from_secs(2)).is_empty());
-        let due = b.take_due(t0 + Duration::from_secs(3));
-        assert_eq!(due, vec![(app, vec![vacated("a")])]);
-    }
-
-    #[test]
-    fn member_pairs_are_per_user() {
-        let app = AppId::parse("1").unwrap();
-        let t0 = Instant::now();
-        let mut b = batcher();
-        let removed = |u: &str| WebhookEvent::MemberRemoved {
-            channel: "presence-a".into(),
-            user_id: u.into(),
-        };
-        let added = |u: &str| WebhookEvent::MemberAdded {
-            channel: "presence-a".into(),
-            user_id: u.into(),
-        };
-        b.observe(app.clone(), removed("1"), t0);
-        b.observe(app.clone(), added("2"), t0);
-        b.observe(app.clone(), added("1"), t0);
-        let due = b.take_due(t0 + Duration::from_secs(5));
-        assert_eq!(due, vec![(app, vec![added("2")])]);
-    }
-
-    #[test]
-    fn webhook_json_shapes() {
-        assert_eq!(
-            WebhookEvent::ClientEvent {
-                channel: "private-a".into(),
-                event: "client-x".into(),
-                data: "{}".into(),
-                socket_id: "1.2".into(),
-                user_id: Some("7".into()),
+    /// Due events become one job per (app, target) batch, as many flushes as it takes.
+    async fn flush(&self) -> Result<(), crate::store::StoreError> {
+        loop {
+            let taken = self
+                .store
+                .flush_webhooks(FLUSH_LIMIT, |due| jobs_for(&self.apps, due))
+                .await?;
+            if taken < FLUSH_LIMIT as usize {
+                return Ok(());
             }
-            .to_json(),
-            json!({"name":"client_event","channel":"private-a","event":"client-x","data":"{}","socket_id":"1.2","user_id":"7"})
-        );
+        }
     }
+
+    /// A node without a cluster that starts finds what its previous process told the
+    /// receivers was open: each gets its leave, after the cancel window like any leave (a
+    /// client that reconnects within it cancels the pair).
+    async fn close_what_a_crash_left(&mut self) {
+        let held = match self.store.held_webhook_state().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read what the last process left open; its channel_vacated/member_removed webhooks are not sent");
+                return;
+            }
+        };
+        if !held.is_empty() {
+            tracing::info!(
+                open = held.len(),
+                "closing the channels and members the previous process left open"
+            );
+        }
+        for (app_id, channel, user_id) in held {
+            let event = WebhookEvent::closing(channel.clone(), user_id.clone());
+            let wanted = self
+                .apps
+                .by_id(&app_id)
+                .is_some_and(|a| a.webhooks.iter().any(|t| t.wants(event.kind())));
+            let pair = Pair {
+                channel,
+                user_id,
+                opens: false,
+            };
+            let entry = entry_for(&app_id, &event, wanted, Some(pair), self.delay);
+            self.unwritten.push_back(entry);
+        }
+        self.write().await;
+    }
+}
+
+/// One job per (app, target) with the events that target wants, in the order observed.
+fn jobs_for(apps: &AppDirectory, due: Vec<DueEvent>) -> Vec<NewJob> {
+    let now = now_ms();
+    let mut by_app: Vec<(String, Vec<DueEvent>)> = Vec::new();
+    for d in due {
+        match by_app.iter_mut().find(|(a, _)| *a == d.app_id) {
+            Some((_, list)) => list.push(d),
+            None => by_app.push((d.app_id.clone(), vec![d])),
+        }
+    }
+    let mut jobs = Vec::new();
+    for (app_id, events) in by_app {
+        let Some(app) = apps.by_id(&app_id) else {
+            continue;
+        };
+        for (i, target) in app.webhooks.iter().enumerate() {
+            let wanted: Vec<Value> = events
+                .iter()
+                .filter(|e| target.wants(&e.kind))
+                .filter_map(|e| serde_json::from_str(&e.body).ok())
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            // One timestamp per flush: every target of a batch gets the same body.
+            let body = json!({"time_ms": now, "events": wanted}).to_string();
+            let payload = json!({"target": i, "url": target.url, "body": body}).to_string();
+            jobs.push(NewJob {
+                kind: super::sender::KIND,
+                app_id: app_id.clone(),
+                payload,
+                dedupe_key: None,
+                run_at: now,
+                expires_at: now + WEBHOOK_EXPIRY.as_millis() as i64,
+            });
+        }
+    }
+    jobs
 }

@@ -1,15 +1,19 @@
-//! Pusher webhooks: channel and member facts from the channel actors (and client events from
-//! connections) are held back where Pusher holds them back, batched per app, and enqueued as
-//! durable jobs; the sender signs each body with the app secret exactly as Pusher does.
+//! Pusher webhooks: channel and member facts from the channel actors and the cluster ledger
+//! (and client events from connections) are written to the store's webhook log as they are
+//! observed, held back where Pusher holds them back, batched per app into durable jobs; the
+//! sender signs each body with the app secret exactly as Pusher does.
 
 mod batcher;
+mod event;
+mod log;
 pub(crate) mod sender;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use batcher::{Observed, WebhookBatcher, WebhookEvent, WEBHOOK_EXPIRY};
+pub use batcher::{WebhookBatcher, WEBHOOK_EXPIRY};
+pub use event::{Observed, WebhookEvent};
 pub use sender::WebhookSender;
 
 pub const KINDS: [&str; 7] = [

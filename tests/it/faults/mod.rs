@@ -9,3 +9,4 @@ mod presence_reset;
 mod raw;
 mod redis_restart;
 mod tally;
+mod webhook_crash;
