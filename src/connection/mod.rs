@@ -175,9 +175,10 @@ impl Connection {
             Ok(a) => a,
             Err(refusal) => {
                 tracing::debug!(socket_id = %self.socket_id, channel = %req.channel, error = %refusal.error, "subscription refused");
-                let channel: String = req.channel.chars().take(200).collect();
+                // The name exactly as sent (the frame limit bounds it), so that the client
+                // library can route the error to the channel it subscribed.
                 self.send(server::subscription_error(
-                    &channel,
+                    &req.channel,
                     refusal.kind,
                     &refusal.error,
                     refusal.status,

@@ -215,7 +215,7 @@ async fn a_rejoin_on_another_node_within_the_window_sends_no_webhooks() {
 }
 
 #[tokio::test]
-async fn a_killed_nodes_members_are_removed_once_within_ten_seconds() {
+async fn a_killed_nodes_members_are_removed_once_within_dead_after_plus_a_beat() {
     let redis = Redis::start();
     let rx = Receiver::start(vec![]).await;
     let h = hooks(&rx.url("/hook"), &KINDS);
@@ -248,7 +248,14 @@ async fn a_killed_nodes_members_are_removed_once_within_ten_seconds() {
     let removed = ann
         .expect_within("pusher_internal:member_removed", 10)
         .await;
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    // The README's promise: noticed within node_dead_after_ms (5 s) plus one beat (1 s) of
+    // the node's last beat, which came at most a beat before the kill; half a second more
+    // for the member frame to travel.
+    assert!(
+        t0.elapsed() < Duration::from_millis(6_500),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(data(&removed), json!({"user_id": "3"}));
     ann.expect_silence().await;
 

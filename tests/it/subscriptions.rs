@@ -92,6 +92,8 @@ async fn channel_names_are_checked() {
         let ev = c.expect("pusher:subscription_error").await;
         assert_eq!(ev["data"]["type"], "InvalidChannel", "{bad}");
         assert_eq!(ev["data"]["status"], 400);
+        // Exactly as sent, however long, so pusher-js can route it to that channel.
+        assert_eq!(ev["channel"], bad.as_str());
     }
     // #server-to-user- needs a signed-in user with that id.
     c.subscribe_with("#server-to-user-1", None, None).await;

@@ -6,6 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use bellhop_protocol::signing::{verify_hub_signature, verify_twilio};
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use crate::apps::App;
 use crate::delivery::{sms, whatsapp};
@@ -114,7 +115,9 @@ pub async fn meta_verify(
         get("hub.challenge"),
         want,
     ) {
-        (Some("subscribe"), Some(given), Some(challenge), Some(want)) if given == want => {
+        (Some("subscribe"), Some(given), Some(challenge), Some(want))
+            if bool::from(given.as_bytes().ct_eq(want.as_bytes())) =>
+        {
             Ok(HttpResponse::Ok()
                 .content_type("text/plain")
                 .body(challenge.to_owned()))
