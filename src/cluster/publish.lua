@@ -4,10 +4,10 @@
 -- A node listens on the bus channel and, on the same connection, on its own marker channel
 -- P:node:ID, so PUBSUB NUMSUB of the marker says whether that node hears the bus right now.
 -- The nodes that must hear: those that beat within `fresh` ms (a killed node stops beating at
--- once, so it stops being required soon), and, while the cluster's membership cannot be read
--- from Redis (the ledger's epoch is missing or younger than `dead_after`: Redis came back
--- empty and the nodes have not all beaten yet; or the caller itself is just back from an
--- outage), every node the caller knew before.
+-- once, so it stops being required soon); while the ledger's epoch is missing or younger than
+-- `dead_after` (Redis came back empty and not every node has beaten yet), every node the
+-- caller knew that has not beaten in it; and while the caller itself is just back from an
+-- outage, every node it knew.
 --
 -- ARGV: prefix, caller node, fresh ms, dead_after ms, caller recovering ('1' | '0'),
 -- known nodes (JSON array), messages... (none: only answer the live nodes).
@@ -24,8 +24,14 @@ if #ARGV > 6 then
     required[n] = true
   end
   local epoch_at = tonumber(redis.call('GET', P .. ':epoch_at') or '0')
-  if ARGV[5] == '1' or epoch_at == 0 or now - epoch_at < dead_after then
-    for _, n in ipairs(cjson.decode(ARGV[6])) do required[n] = true end
+  local young = epoch_at == 0 or now - epoch_at < dead_after
+  local recovering = ARGV[5] == '1'
+  for _, n in ipairs(cjson.decode(ARGV[6])) do
+    -- A known node with no beat at all in a young epoch has not beaten since Redis came back
+    -- empty; one with an old beat there died since (and stops counting with its beat).
+    if recovering or (young and not redis.call('ZSCORE', P .. ':nodes', n)) then
+      required[n] = true
+    end
   end
   required[self] = nil
   for n in pairs(required) do

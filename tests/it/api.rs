@@ -82,6 +82,27 @@ impl<'a> Api<'a> {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.try_raw_with(method, path, query, body, headers)
+            .await
+            .unwrap()
+    }
+
+    /// A signed POST to `/apps/{id}/{endpoint}`; an error when the server cannot be reached.
+    pub async fn try_post(&self, endpoint: &str, body: &Value) -> Result<Reply, reqwest::Error> {
+        let path = format!("/apps/{}/{endpoint}", self.app_id);
+        let body = body.to_string().into_bytes();
+        let q = self.signed_query("POST", &path, &[], &body);
+        self.try_raw_with("POST", &path, &q, body, &[]).await
+    }
+
+    async fn try_raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, reqwest::Error> {
         let url = format!("{}{path}?{query}", self.base);
         let mut req = match method {
             "GET" => self.http.get(url),
@@ -95,13 +116,13 @@ impl<'a> Api<'a> {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.unwrap();
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        Reply {
+        let text = resp.text().await?;
+        Ok(Reply {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        }
+        })
     }
 
     pub async fn post(&self, endpoint: &str, body: &Value) -> Reply {

@@ -18,7 +18,7 @@ use crate::harness::Setup;
 use crate::mock_http::{Mock, Response};
 use crate::surface::signin_frame;
 
-const PROJECT: &str = "hotelmate-test";
+pub const PROJECT: &str = "hotelmate-test";
 const CLIENT_EMAIL: &str = "bellhop@hotelmate-test.iam.gserviceaccount.com";
 
 fn fixture(name: &str) -> PathBuf {
@@ -31,7 +31,7 @@ fn fixture(name: &str) -> PathBuf {
 /// repeats.
 type Script = HashMap<&'static str, Vec<Response>>;
 
-fn fcm_error(status: u16, code: &str, error_code: &str, message: &str) -> Response {
+pub fn fcm_error(status: u16, code: &str, error_code: &str, message: &str) -> Response {
     Response::json(
         status,
         json!({"error": {"code": status, "message": message, "status": code,
@@ -39,9 +39,21 @@ fn fcm_error(status: u16, code: &str, error_code: &str, message: &str) -> Respon
     )
 }
 
-/// A fake FCM: `/token` checks the service account's RS256 JWT with the public key and hands
-/// out `ya29.test-N`; `/v1/projects/{PROJECT}/messages:send` wants a token it handed out.
+/// A fake FCM answering each device token from a script (the last answer repeats).
 async fn fake_fcm(script: Script) -> Mock {
+    fake_fcm_with(move |token, n| {
+        let answers = script.get(token)?;
+        Some(answers[n.min(answers.len() - 1)].clone())
+    })
+    .await
+}
+
+/// A fake FCM: `/token` checks the service account's RS256 JWT with the public key and hands
+/// out `ya29.test-N`; `/v1/projects/{PROJECT}/messages:send` wants a token it handed out and
+/// answers `answer(device token, sends to it so far)`; None: not a registered device.
+pub async fn fake_fcm_with(
+    answer: impl Fn(&str, usize) -> Option<Response> + Send + Sync + 'static,
+) -> Mock {
     let public = std::fs::read(fixture("fcm-test-key.pub.pem")).unwrap();
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap();
     let issued = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -88,14 +100,13 @@ async fn fake_fcm(script: Script) -> Mock {
             }
             let body: Value = serde_json::from_str(&req.body).unwrap();
             let token = body["message"]["token"].as_str().unwrap_or("").to_owned();
-            let Some(answers) = script.get(token.as_str()) else {
+            let mut sends = sends.lock().unwrap();
+            let n = sends.entry(token.clone()).or_default();
+            let Some(reply) = answer(&token, *n) else {
                 return fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token");
             };
-            let mut sends = sends.lock().unwrap();
-            let n = sends.entry(token).or_default();
-            let answer = answers[(*n).min(answers.len() - 1)].clone();
             *n += 1;
-            return answer;
+            return reply;
         }
         Response::json(404, json!({"error": "not found"}))
     })
@@ -104,7 +115,7 @@ async fn fake_fcm(script: Script) -> Mock {
     mock
 }
 
-fn ok(n: u32) -> Response {
+pub fn ok(n: u32) -> Response {
     Response::json(
         200,
         json!({"name": format!("projects/{PROJECT}/messages/{n}")}),
@@ -112,7 +123,7 @@ fn ok(n: u32) -> Response {
 }
 
 /// Writes a service-account key file whose token_uri is the fake's.
-fn service_account(dir: &Path, fcm: &Mock) -> PathBuf {
+pub fn service_account(dir: &Path, fcm: &Mock) -> PathBuf {
     let key = std::fs::read_to_string(fixture("fcm-test-key.pem")).unwrap();
     let sa = json!({
         "type": "service_account", "project_id": PROJECT, "private_key_id": "test-key-1",

@@ -5,6 +5,7 @@
 
 mod bodies;
 mod frames;
+mod notifications;
 mod presence_reset;
 mod raw;
 mod redis_restart;

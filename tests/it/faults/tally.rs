@@ -29,6 +29,11 @@ impl Tally {
         *self.arrived.entry(id).or_default() += 1;
     }
 
+    /// How many times `id` arrived.
+    pub fn arrived_count(&self, id: u64) -> u32 {
+        self.arrived.get(&id).copied().unwrap_or(0)
+    }
+
     /// Accepted ids that never arrived.
     pub fn lost(&self) -> Vec<u64> {
         self.accepted
