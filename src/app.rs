@@ -362,6 +362,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             tls,
             workers: threads(config.server.workers),
             stall_timeout,
+            header_timeout: Duration::from_millis(cfg.header_timeout_ms),
         },
     )
     .map_err(|source| RunError::Bind {

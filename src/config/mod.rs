@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub shutdown_batch: usize,
     /// How long a request body may take to arrive once a handler reads it (408 after).
     pub body_timeout_ms: u64,
+    /// How long a connection may take to send a request's head (slow clients are closed).
+    pub header_timeout_ms: u64,
     /// Request body bytes the node holds at once across all requests (503 beyond).
     pub max_body_bytes_in_flight: usize,
 }
@@ -174,6 +176,7 @@ impl Default for ServerConfig {
             shutdown_drain_ms: 1000,
             shutdown_batch: 500,
             body_timeout_ms: 5000,
+            header_timeout_ms: 10_000,
             max_body_bytes_in_flight: 32 * 1024 * 1024,
         }
     }
@@ -520,6 +523,9 @@ impl Config {
         if let Some(v) = env_parse(source, "BELLHOP_BODY_TIMEOUT_MS", NUM)? {
             s.body_timeout_ms = v;
         }
+        if let Some(v) = env_parse(source, "BELLHOP_HEADER_TIMEOUT_MS", NUM)? {
+            s.header_timeout_ms = v;
+        }
         if let Some(v) = env_parse(source, "BELLHOP_MAX_BODY_BYTES_IN_FLIGHT", NUM)? {
             s.max_body_bytes_in_flight = v;
         }
@@ -650,9 +656,12 @@ impl Config {
                 "server.metrics_host must be an IP address",
             ));
         }
-        if s.body_timeout_ms == 0 || s.max_body_bytes_in_flight < 1024 * 1024 {
+        if s.body_timeout_ms == 0
+            || s.header_timeout_ms == 0
+            || s.max_body_bytes_in_flight < 1024 * 1024
+        {
             return Err(ConfigError::Server(
-                "body_timeout_ms must be positive and max_body_bytes_in_flight at least 1 MiB (one largest body)",
+                "body_timeout_ms and header_timeout_ms must be positive and max_body_bytes_in_flight at least 1 MiB (one largest body)",
             ));
         }
         if s.shutdown_batch == 0 {

@@ -23,6 +23,8 @@ pub struct Settings {
     pub workers: usize,
     /// How long unacknowledged data may wait before the kernel drops the connection.
     pub stall_timeout: Duration,
+    /// How long a request's head may take to arrive (slowloris).
+    pub header_timeout: Duration,
 }
 
 /// Small frames must leave at once (Nagle would hold them for the peer's delayed ACK), and a
@@ -69,10 +71,11 @@ pub fn build(
         bound.push(local);
         let data = data.clone();
         let stall = settings.stall_timeout;
+        let head = settings.header_timeout;
         builder = match settings.tls.clone() {
             None => builder.listen(format!("bellhop-{local}"), lst, move || {
                 HttpService::build()
-                    .client_request_timeout(Duration::from_secs(10))
+                    .client_request_timeout(head)
                     .local_addr(local)
                     .on_connect_ext(move |io: &TcpStream, _: &mut _| tune(io, stall))
                     .upgrade(upgrader(data.clone().into_inner()))
@@ -84,7 +87,7 @@ pub fn build(
             Some(tls) => builder.listen(format!("bellhop-tls-{local}"), lst, move || {
                 type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
                 HttpService::build()
-                    .client_request_timeout(Duration::from_secs(10))
+                    .client_request_timeout(head)
                     .local_addr(local)
                     .secure()
                     .on_connect_ext(move |io: &Tls, _: &mut _| tune(io.get_ref().0, stall))

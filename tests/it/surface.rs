@@ -401,3 +401,46 @@ async fn tls_terminates_https_and_wss() {
     let first = ws.next().await.unwrap().unwrap().into_text().unwrap();
     assert!(first.contains("pusher:connection_established"), "{first}");
 }
+
+/// Shutdown moves clients in paced batches (`shutdown_batch` per 100 ms) after the drain,
+/// all within the grace time, so the other nodes are not stampeded.
+#[tokio::test]
+async fn sigterm_moves_clients_in_paced_batches_within_the_grace_time() {
+    let mut server = Setup::new()
+        .toml("[server]\nshutdown_batch = 300\nshutdown_drain_ms = 200\nshutdown_grace_secs = 5\n")
+        .start();
+    let mut sockets = Vec::new();
+    for _ in 0..1200 {
+        sockets.push(crate::faults::raw::ws(&server).await);
+    }
+    let signalled = std::time::Instant::now();
+    server.terminate();
+    let mut waits = Vec::new();
+    for mut s in sockets {
+        waits.push(tokio::spawn(async move {
+            let (code, _) = crate::faults::raw::until_close(&mut s, Duration::from_secs(8)).await;
+            (code, std::time::Instant::now())
+        }));
+    }
+    let mut closed_at = Vec::new();
+    for w in waits {
+        let (code, at) = w.await.unwrap();
+        assert_eq!(code, Some(4200));
+        closed_at.push(at.duration_since(signalled));
+    }
+    closed_at.sort();
+    let (first, last) = (closed_at[0], closed_at[closed_at.len() - 1]);
+    // Readiness fails for the drain time first; then four batches of 300, 100 ms apart.
+    assert!(first >= Duration::from_millis(200), "{first:?}");
+    assert!(
+        last - first >= Duration::from_millis(250),
+        "{first:?}..{last:?}"
+    );
+    assert!(last < Duration::from_secs(5), "{last:?}");
+    let in_first_batch = closed_at
+        .iter()
+        .filter(|t| **t < first + Duration::from_millis(50))
+        .count();
+    assert!(in_first_batch <= 300, "{in_first_batch} closed at once");
+    assert_eq!(server.wait_exit(10), Some(true));
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bellhop_protocol::{signing, Secret};
 use serde_json::{json, Value};
 
+use crate::api::Api;
 use crate::client::Client;
 use crate::harness::{run_cli, Setup, KEY, SECRET};
 use crate::receiver::{Receiver, Reply, Request};
@@ -45,6 +46,19 @@ pub async fn wait_events(rx: &Receiver, n: usize, secs: u64) -> Vec<Value> {
         if evs.len() >= n || tokio::time::Instant::now() > end {
             return evs;
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits (10 s at most) until the receiver has heard `event`.
+pub async fn wait_event(rx: &Receiver, event: Value) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !events(&rx.requests()).contains(&event) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "never heard {event}: {:?}",
+            events(&rx.requests())
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -416,4 +430,49 @@ async fn webhooks_wait_in_memory_while_the_store_is_away() {
         got[1],
         json!({"name": "channel_occupied", "channel": "during-outage"})
     );
+}
+
+/// `cache_miss` when a cache channel has nothing to give a new subscriber, and
+/// `subscription_count` (for apps that turn the events on) once the count settles.
+#[tokio::test]
+async fn cache_miss_and_subscription_count_are_sent() {
+    let rx = Receiver::start(vec![]).await;
+    let server = Setup::new()
+        .env(
+            "BELLHOP_APP_WEBHOOKS",
+            &hooks(&rx.url("/h"), &["cache_miss", "subscription_count"]),
+        )
+        .env("BELLHOP_APP_SUBSCRIPTION_COUNT", "true")
+        .start();
+    let mut a = Client::connect(&server).await;
+    a.subscribe("cache-menu").await;
+    a.expect("pusher:cache_miss").await;
+    let mut b = Client::connect(&server).await;
+    b.subscribe("lobby").await;
+    let mut c = Client::connect(&server).await;
+    c.subscribe("lobby").await;
+    b.wait_for("pusher_internal:subscription_count").await;
+    wait_event(&rx, json!({"name": "cache_miss", "channel": "cache-menu"})).await;
+    wait_event(
+        &rx,
+        json!({"name": "subscription_count", "channel": "lobby", "subscription_count": 2}),
+    )
+    .await;
+    // A cache channel with an event gives it instead: no second cache_miss.
+    Api::new(&server).trigger("cache-menu", "menu", "v1").await;
+    let mut d = Client::connect(&server).await;
+    d.subscribe("cache-menu").await;
+    assert_eq!(d.expect("menu").await["data"], "v1");
+    // A sentinel: once the next count is in, an extra cache_miss before it would be too.
+    d.subscribe("lobby").await;
+    wait_event(
+        &rx,
+        json!({"name": "subscription_count", "channel": "lobby", "subscription_count": 3}),
+    )
+    .await;
+    let misses = events(&rx.requests())
+        .iter()
+        .filter(|e| e["name"] == "cache_miss")
+        .count();
+    assert_eq!(misses, 1);
 }

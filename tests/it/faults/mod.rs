@@ -3,11 +3,12 @@
 //! The long form of the same scenarios is `scripts/faults.sh`, which writes
 //! `docs/reliability.md`.
 
+mod abuse;
 mod bodies;
 mod frames;
 mod notifications;
 mod presence_reset;
-mod raw;
+pub mod raw;
 mod redis_restart;
 mod tally;
 mod webhook_crash;

@@ -53,7 +53,7 @@ impl Tally {
     }
 
     /// Prints the report line and fails on any loss or duplicate.
-    pub fn report(&self, scenario: &str, recovery: Option<Duration>, rss_kb: Option<u64>) {
+    pub fn report(&self, scenario: &str, recovery: Option<Duration>, grown_kb: Option<u64>) {
         let line = json!({
             "scenario": scenario,
             "accepted": self.accepted.len(),
@@ -62,7 +62,7 @@ impl Tally {
             "lost": self.lost().len(),
             "duplicated": self.duplicated().len(),
             "recovery_s": recovery.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
-            "rss_kb": rss_kb,
+            "grown_kb": grown_kb,
         });
         eprintln!("FAULT-REPORT {line}");
         assert!(self.lost().is_empty(), "{scenario}: lost {:?}", self.lost());
