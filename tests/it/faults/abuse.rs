@@ -185,7 +185,7 @@ async fn churn_gives_back_every_connection_and_channel() {
                     ws.send(Message::Text(sub.to_string())).await.unwrap();
                 }
                 // Half leave cleanly, half just drop the socket.
-                if cycles % 2 == 0 {
+                if cycles.is_multiple_of(2) {
                     let _ = ws.close(None).await;
                 }
                 drop(ws);
