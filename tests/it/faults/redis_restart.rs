@@ -19,7 +19,7 @@ struct Triggers {
     back_at: Option<Instant>,
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_answered_2xx_around_a_redis_restart_all_arrive() {
     let outage = Duration::from_secs(4 * scale());
     let redis = Redis::start();
