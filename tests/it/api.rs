@@ -152,6 +152,30 @@ impl<'a> Api<'a> {
         self.raw("GET", &path, &q, Vec::new()).await
     }
 
+    /// Polls `GET /channels/{channel}?info=subscription_count` until the count (cluster-wide
+    /// when clustered) is `n`; fails after 10 s. How a test knows a subscribe or a leave
+    /// has been applied before it sends a sentinel after it.
+    pub async fn wait_subscription_count(&self, channel: &str, n: u64) {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = self
+                .get(
+                    &format!("/channels/{channel}"),
+                    &[("info", "subscription_count")],
+                )
+                .await;
+            if r.status == 200 && r.body["subscription_count"] == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{channel} never had {n} subscriptions: {:?}",
+                r.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn trigger(&self, channel: &str, event: &str, data: &str) -> Reply {
         self.post(
             "events",

@@ -124,11 +124,34 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives for a short while.
-    pub async fn expect_silence(&mut self) {
-        if let Some(r) = self.next_within(Duration::from_millis(300)).await {
-            panic!("expected nothing, got {r:?}");
+    /// Reads until an event named `sentinel` arrives and returns it, failing on any other
+    /// event (or a close) before it.
+    ///
+    /// This is how a test proves that something did *not* arrive: after the moment the
+    /// forbidden event would have been sent, cause a sentinel that travels the same ordered
+    /// path (the same channel through the same node, the same sender's client events, the
+    /// same presence channel's member frames); its arrival with nothing before it proves
+    /// the forbidden event never came. A timeout proves nothing and is never used for that.
+    pub async fn expect_only_until(&mut self, sentinel: &str) -> Value {
+        match self.next_within(WAIT).await {
+            Some(Received::Event(ev)) if ev["event"] == sentinel => ev,
+            Some(Received::Event(ev)) => {
+                panic!("expected only the sentinel {sentinel}, but first got {ev}")
+            }
+            other => panic!("expected the sentinel {sentinel}, got {other:?}"),
         }
+    }
+
+    /// [`expect_only_until`](Self::expect_only_until) for a presence sentinel: the next
+    /// frame must be `event` (`pusher_internal:member_added` or `_removed`) about `user_id`.
+    pub async fn expect_only_member(&mut self, event: &str, user_id: &str) -> Value {
+        let ev = self.expect_only_until(event).await;
+        assert_eq!(
+            data(&ev)["user_id"],
+            user_id,
+            "expected only the sentinel {event} of {user_id}, but first got {ev}"
+        );
+        ev
     }
 
     /// Expects `pusher:error` with `code`, then a close with the same code.

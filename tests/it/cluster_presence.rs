@@ -65,6 +65,26 @@ async fn member_events(c: &mut Client, wait: Duration) -> Vec<(String, String)> 
     out
 }
 
+/// The member events (added/removed, user id) a client receives before the sentinel
+/// `member_added` of `sentinel`, which a test causes after the moment it cares about: the
+/// ledger publishes a channel's member frames in the order its script ran, so nothing of
+/// before can come after it. Any other frame fails.
+async fn member_events_until(c: &mut Client, sentinel: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    loop {
+        let ev = c.next_event().await;
+        let name = ev["event"].as_str().unwrap_or("");
+        let Some(kind) = name.strip_prefix("pusher_internal:member_") else {
+            panic!("expected member events until {sentinel} joins, got {ev}");
+        };
+        let user = data(&ev)["user_id"].as_str().unwrap().to_owned();
+        if kind == "added" && user == sentinel {
+            return out;
+        }
+        out.push((kind.to_owned(), user));
+    }
+}
+
 #[tokio::test]
 async fn presence_is_one_members_list_across_nodes() {
     let redis = Redis::start();
@@ -101,7 +121,6 @@ async fn presence_is_one_members_list_across_nodes() {
         data(&added),
         json!({"user_id": "2", "user_info": {"name": "Bob"}})
     );
-    bob.expect_silence().await;
 
     // Bob's second socket, on a third node, adds nobody.
     let mut bob2 = Client::connect(&nodes[2]).await;
@@ -109,8 +128,6 @@ async fn presence_is_one_members_list_across_nodes() {
         .subscribe_presence("presence-staff", "2", json!({"name": "Bob"}))
         .await;
     assert_eq!(data(&ok)["presence"]["count"], 2);
-    ann.expect_silence().await;
-    bob.expect_silence().await;
 
     // Any node answers for the whole cluster.
     let users = Api::new(&nodes[2])
@@ -138,15 +155,40 @@ async fn presence_is_one_members_list_across_nodes() {
         json!({"channels": {"presence-staff": {"user_count": 2}}})
     );
 
+    // A sentinel member joining after bob2's join was answered (a presence join waits for
+    // the ledger): its member_added is the next frame everyone gets, so bob was told nothing
+    // of himself and nobody anything of bob2.
+    let mut s1 = Client::connect(&nodes[2]).await;
+    s1.subscribe_presence("presence-staff", "sentinel-1", json!({}))
+        .await;
+    for c in [&mut ann, &mut bob, &mut bob2] {
+        c.expect_only_member("pusher_internal:member_added", "sentinel-1")
+            .await;
+    }
+
     // One of Bob's sockets leaving removes nothing; the last one does, once.
     bob2.close().await;
-    ann.expect_silence().await;
+    // Once the ledger counts bob2 gone, the sentinel's leave comes after anything it caused.
+    let api = Api::new(&nodes[1]);
+    api.wait_subscription_count("presence-staff", 3).await;
+    s1.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-staff"}}))
+        .await;
+    for c in [&mut ann, &mut bob] {
+        c.expect_only_member("pusher_internal:member_removed", "sentinel-1")
+            .await;
+    }
     bob.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-staff"}}))
         .await;
     let removed = ann.expect("pusher_internal:member_removed").await;
     assert_eq!(data(&removed), json!({"user_id": "2"}));
-    ann.expect_silence().await;
+    // Removed once: the next member frame is a later sentinel's.
+    let mut s2 = Client::connect(&nodes[1]).await;
+    s2.subscribe_presence("presence-staff", "sentinel-2", json!({}))
+        .await;
+    ann.expect_only_member("pusher_internal:member_added", "sentinel-2")
+        .await;
     ann.close().await;
+    s2.close().await;
 
     settle_webhooks(
         &rx,
@@ -155,8 +197,12 @@ async fn presence_is_one_members_list_across_nodes() {
             ("channel_vacated presence-staff -", 1),
             ("member_added presence-staff 1", 1),
             ("member_added presence-staff 2", 1),
+            ("member_added presence-staff sentinel-1", 1),
+            ("member_added presence-staff sentinel-2", 1),
             ("member_removed presence-staff 1", 1),
             ("member_removed presence-staff 2", 1),
+            ("member_removed presence-staff sentinel-1", 1),
+            ("member_removed presence-staff sentinel-2", 1),
         ]),
         10,
     )
@@ -203,12 +249,20 @@ async fn a_rejoin_on_another_node_within_the_window_sends_no_webhooks() {
     again
         .subscribe_presence("presence-desk", "7", json!({}))
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    settle_webhooks(&rx, &joined, 1).await;
+    // A sentinel: a leave on node 0 after first's waits out the same window and is due
+    // after it, so once the sentinel's channel_vacated is in, a leave of desk not cancelled
+    // would be too.
+    let mut sentinel = Client::connect(&nodes[0]).await;
+    sentinel.subscribe("sentinel-room").await;
+    sentinel.close().await;
+    let mut want = joined.clone();
+    want.insert("channel_occupied sentinel-room -".into(), 1);
+    want.insert("channel_vacated sentinel-room -".into(), 1);
+    settle_webhooks(&rx, &want, 10).await;
 
     // A real leave is sent once the window closes.
     again.close().await;
-    let mut all = joined.clone();
+    let mut all = want.clone();
     all.insert("member_removed presence-desk 7".into(), 1);
     all.insert("channel_vacated presence-desk -".into(), 1);
     settle_webhooks(&rx, &all, 6).await;
@@ -257,7 +311,6 @@ async fn a_killed_nodes_members_are_removed_once_within_dead_after_plus_a_beat()
         t0.elapsed()
     );
     assert_eq!(data(&removed), json!({"user_id": "3"}));
-    ann.expect_silence().await;
 
     let users = Api::new(&nodes[1])
         .get("/channels/presence-floor/users", &[])
@@ -268,8 +321,16 @@ async fn a_killed_nodes_members_are_removed_once_within_dead_after_plus_a_beat()
     let mut after = before.clone();
     after.insert("member_removed presence-floor 3".into(), 1);
     after.insert("channel_vacated room-204 -".into(), 1);
-    // Both survivors beat; only one may take the dead node's share.
+    // Both survivors beat (a beat is a second); only one may take the dead node's share.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Carol was removed once: the next member frame ann gets is a sentinel's, joining now.
+    let mut sentinel = Client::connect(&nodes[1]).await;
+    sentinel
+        .subscribe_presence("presence-floor", "sentinel", json!({}))
+        .await;
+    ann.expect_only_member("pusher_internal:member_added", "sentinel")
+        .await;
+    after.insert("member_added presence-floor sentinel".into(), 1);
     settle_webhooks(&rx, &after, 5).await;
 }
 
@@ -314,7 +375,24 @@ async fn a_flood_of_joins_and_leaves_of_one_user_across_nodes_stays_exact() {
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = member_events(&mut watcher, Duration::from_millis(1500)).await;
+    // Every join was answered (after the ledger) and every leave is applied once the ledger
+    // lists the watcher alone; a sentinel joining after that is the last member frame.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let users = Api::new(&nodes[2])
+            .get("/channels/presence-flood/users", &[])
+            .await;
+        if users.body == json!({"users": [{"id": "watcher"}]}) {
+            break;
+        }
+        assert!(Instant::now() < end, "u never left: {:?}", users.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sentinel = Client::connect(&nodes[1]).await;
+    sentinel
+        .subscribe_presence("presence-flood", "sentinel", json!({}))
+        .await;
+    let seen = member_events_until(&mut watcher, "sentinel").await;
     assert!(!seen.is_empty());
     // Strictly alternating, starting with an add and ending with a remove.
     for (i, (kind, user)) in seen.iter().enumerate() {
@@ -323,10 +401,6 @@ async fn a_flood_of_joins_and_leaves_of_one_user_across_nodes_stays_exact() {
         assert_eq!(kind, want, "event {i} of {seen:?}");
     }
     assert_eq!(seen.len() % 2, 0, "{seen:?}");
-    let users = Api::new(&nodes[2])
-        .get("/channels/presence-flood/users", &[])
-        .await;
-    assert_eq!(users.body, json!({"users": [{"id": "watcher"}]}));
 
     // The webhooks tell the same story: one per change the watcher saw.
     let pairs = seen.len() / 2;
@@ -335,6 +409,7 @@ async fn a_flood_of_joins_and_leaves_of_one_user_across_nodes_stays_exact() {
         &expected(&[
             ("member_added presence-flood u", pairs),
             ("member_added presence-flood watcher", 1),
+            ("member_added presence-flood sentinel", 1),
             ("member_removed presence-flood u", pairs),
         ]),
         10,
@@ -452,17 +527,19 @@ async fn presence_is_rebuilt_when_redis_comes_back_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(body, json!({"users": [{"id": "1"}, {"id": "2"}]}));
-    // Nobody was told anything changed, and the rebuilt list works as before.
-    ann.expect_silence().await;
+    // Nobody was told anything changed, and the rebuilt list works as before: carol's
+    // member_added is the next frame ann gets, then bob's member_removed.
     let mut carol = Client::connect(&nodes[0]).await;
     let ok = carol
         .subscribe_presence("presence-team", "3", json!({}))
         .await;
     assert_eq!(data(&ok)["presence"]["count"], 3);
     assert_eq!(data(&ok)["presence"]["hash"]["2"], json!({"n": "Bob"}));
+    ann.expect_only_member("pusher_internal:member_added", "3")
+        .await;
     bob.close().await;
-    let removed = ann.wait_for("pusher_internal:member_removed").await;
-    assert_eq!(data(&removed), json!({"user_id": "2"}));
+    ann.expect_only_member("pusher_internal:member_removed", "2")
+        .await;
 }
 
 /// Waits for a `subscription_count` event announcing `n`, skipping earlier counts.
@@ -573,8 +650,14 @@ async fn the_presence_member_limit_holds_across_nodes() {
         info.body,
         json!({"occupied": true, "user_count": 2, "subscription_count": 3})
     );
-    a.expect("pusher_internal:member_added").await;
-    a.expect_silence().await;
+    a.expect_only_member("pusher_internal:member_added", "2")
+        .await;
+    // The channel is full, so the sentinel is a leave: once user 2's sockets are gone, their
+    // member_removed is the next frame a gets (no member_added for 3, nothing for b2).
+    b.close().await;
+    b2.close().await;
+    a.expect_only_member("pusher_internal:member_removed", "2")
+        .await;
 }
 
 #[tokio::test]
@@ -658,9 +741,15 @@ async fn users_joining_at_once_on_every_node_all_see_the_same_members() {
         clients.push(j.await.unwrap());
     }
     let everyone: std::collections::BTreeSet<String> = (0..30).map(|i| format!("u{i}")).collect();
+    // Every join was answered after the ledger ran it: a sentinel joining now is the last
+    // member frame each client gets.
+    let mut sentinel = Client::connect(&nodes[0]).await;
+    sentinel
+        .subscribe_presence("presence-shift", "sentinel", json!({}))
+        .await;
     let views =
         futures_util::future::join_all(clients.iter_mut().map(|(c, snapshot)| async move {
-            let events = member_events(c, Duration::from_millis(800)).await;
+            let events = member_events_until(c, "sentinel").await;
             view(snapshot, &events)
         }))
         .await;

@@ -220,6 +220,15 @@ async fn json_logs_carry_ids_and_never_secrets() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // The log lines as they are written, read on a thread of their own.
+    let stderr = child.stderr.take().unwrap();
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = logged.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
     let addr = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -230,10 +239,25 @@ async fn json_logs_carry_ids_and_never_secrets() {
         .await;
     c.expect("pusher:subscription_error").await;
     c.close().await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stopped once the refusal is logged (5 s at most).
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !logged
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("subscription refused"))
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the refusal was never logged: {:?}",
+            logged.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
+    reader.join().unwrap();
+    let logs = logged.lock().unwrap().join("\n");
     assert!(!logs.contains("super-secret-value-123"), "secret logged");
     let lines: Vec<Value> = logs
         .lines()

@@ -275,7 +275,10 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
     ]))
     .await;
     let sa = service_account(dir.path(), &fcm);
-    let server = Setup::default().toml(&hotel_toml(&sa, &fcm)).start();
+    let server = Setup::default()
+        .toml(&hotel_toml(&sa, &fcm))
+        .admin()
+        .start();
     let api = Api::new(&server);
     for (user, tokens) in [
         ("42", vec!["tok-42-phone", "tok-42-old"]),
@@ -411,8 +414,10 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
         )
         .await;
     assert_eq!(r.status, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A 200 means the event's notifications are committed: a second one would be here now.
     assert_eq!(deliveries(&api, "42").await.len(), 2);
+    // And once every due job has finished, FCM has heard everything it will.
+    server.due_jobs_finished(15).await;
     assert_eq!(
         fcm.requests()
             .iter()
@@ -429,7 +434,7 @@ async fn a_room_service_order_pushes_only_to_a_porter_who_is_not_connected() {
 
 #[tokio::test]
 async fn direct_notifications_are_idempotent_and_fill_the_inbox() {
-    let server = Setup::new().start();
+    let server = Setup::new().admin().start();
     let api = Api::new(&server);
     let mut bell = Client::connect(&server).await;
     let f = signin_frame(&bell, r#"{"id":"staff-7"}"#);
@@ -456,17 +461,22 @@ async fn direct_notifications_are_idempotent_and_fill_the_inbox() {
     let again = api.send("POST", "/notifications", Some(&body), &key).await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body["deliveries"].as_array().unwrap().len(), 1);
+    // Every call has answered, and a 202 means committed: one delivery is all there is.
+    assert_eq!(deliveries(&api, "staff-7").await.len(), 1);
     let pushed = bell.wait_for("bellhop:notification").await;
     assert_eq!(data(&pushed)["item"]["title"], "Order A-17 ready");
     assert_eq!(data(&pushed)["unread_count"], 1);
-    bell.expect_silence().await;
+    // A job hands its push to the channel before it records its end: once every due job has
+    // finished, the next notification's push is the next thing bell gets, so it got one.
+    server.due_jobs_finished(10).await;
 
     let another = json!({
         "users": ["staff-7"], "type": "ALERT", "data": {},
         "channels": [{"channel": "in_app", "title": "Fridge alarm", "body": "Kitchen"}]
     });
     assert_eq!(api.post("notifications", &another).await.status, 202);
-    bell.wait_for("bellhop:notification").await;
+    let next = bell.expect_only_until("bellhop:notification").await;
+    assert_eq!(data(&next)["item"]["title"], "Fridge alarm");
 
     let inbox = api.get("/users/staff-7/inbox", &[]).await;
     assert_eq!(inbox.body["unread_count"], 2);
@@ -641,7 +651,10 @@ async fn email_also_goes_over_implicit_tls() {
 #[tokio::test]
 async fn booking_emails_go_over_starttls_with_auth_and_4xx_is_retried() {
     let smtp = Smtp::start("fail-first");
-    let server = Setup::default().toml(&booking_toml(&smtp, 10)).start();
+    let server = Setup::default()
+        .toml(&booking_toml(&smtp, 10))
+        .admin()
+        .start();
     let api = Api::new(&server);
     let booking = json!({"booking_id": "B-77", "attendee_email": "ana@example.com",
         "customerName": "Ana <Silva>", "eventDate": "2026-12-24",
@@ -659,7 +672,12 @@ async fn booking_emails_go_over_starttls_with_auth_and_4xx_is_retried() {
     while smtp.messages().is_empty() && tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The second confirmation made no job of its own, and the one job has finished: nothing
+    // more will be sent.
+    let jobs = server.due_jobs_finished(20).await;
+    assert_eq!(jobs.len(), 1, "one job for the booking: {jobs:?}");
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert_eq!(jobs[0]["attempts"], 2, "a 451, then a retry: {jobs:?}");
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1, "one email after a 451 and a retry");
     let (eml, meta) = &msgs[0];

@@ -75,6 +75,7 @@ async fn reminders_follow_the_booking_when_it_moves_and_when_it_is_cancelled() {
     let smtp = Smtp::start("ok");
     let server = Setup::default()
         .toml(&app_toml(&smtp, 10, BOOKING_RULES))
+        .admin()
         .start();
     let api = Api::new(&server);
     let r = put(
@@ -114,7 +115,9 @@ async fn reminders_follow_the_booking_when_it_moves_and_when_it_is_cancelled() {
         .all(|d| d["reason"] == "superseded by a later event"));
 
     let mail = wait_mail(&smtp, 1, 15).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The superseded reminders were due before the re-timed one: once every due job has
+    // finished, whatever they were going to send has arrived.
+    server.due_jobs_finished(15).await;
     let mail_now = smtp.messages();
     assert_eq!(
         mail_now.len(),
@@ -253,7 +256,10 @@ channel = 'email'
 subject = 'Fire alarm'
 body = 'Leave the building'
 "#;
-    let server = Setup::default().toml(&app_toml(&smtp, 10, rules)).start();
+    let server = Setup::default()
+        .toml(&app_toml(&smtp, 10, rules))
+        .admin()
+        .start();
     let api = Api::new(&server);
     // Quiet around the clock in Nairobi (a window that covers now), and no promos by email.
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Africa::Nairobi);
@@ -282,10 +288,11 @@ body = 'Leave the building'
         api.trigger("marketing", "offer", &d).await;
         api.trigger("alerts", "fire", &d).await;
     }
-    let mail = wait_mail(&smtp, 2, 15).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mail = smtp.messages().len().max(mail.len());
-    assert_eq!(mail, 2, "only the two fire alarms go out");
+    wait_mail(&smtp, 2, 15).await;
+    // Every job due now has finished (the held promo waits for the end of the quiet hours):
+    // nothing more is on its way.
+    server.due_jobs_finished(15).await;
+    assert_eq!(smtp.messages().len(), 2, "only the two fire alarms go out");
     for (eml, _) in smtp.messages() {
         assert!(eml.contains("Subject: Fire alarm"), "{eml}");
     }
@@ -317,6 +324,7 @@ async fn a_crash_between_accepting_and_sending_loses_nothing_and_sends_once() {
         .toml(&app_toml(&stall, 30, CONFIRM_RULE))
         .data_dir(data.path())
         .env("BELLHOP_JOB_LEASE_SECS", "2")
+        .admin()
         .start();
     let api = Api::new(&server);
     put(&api, "/users/u3", json!({"email": "u3@example.com"})).await;
@@ -325,12 +333,17 @@ async fn a_crash_between_accepting_and_sending_loses_nothing_and_sends_once() {
         .trigger("bookings", "booking.confirmed", &b.to_string())
         .await;
     assert_eq!(r.status, 200);
+    assert_eq!(deliveries(&api, "u3").await.len(), 1, "accepted at the 200");
+    // Killed once a worker holds the job (its send to the stalled server under way).
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while deliveries(&api, "u3").await.is_empty() {
-        assert!(tokio::time::Instant::now() < end);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        let jobs = server.jobs().await;
+        if jobs["jobs"][0]["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "never claimed: {jobs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
     drop(api);
     server.kill();
     // Restarted against a working server: the lease runs out and the job is sent, once.
@@ -338,14 +351,21 @@ async fn a_crash_between_accepting_and_sending_loses_nothing_and_sends_once() {
         .toml(&app_toml(&ok, 10, CONFIRM_RULE))
         .data_dir(data.path())
         .env("BELLHOP_JOB_LEASE_SECS", "2")
+        .admin()
         .start();
     let api = Api::new(&server);
     let mail = wait_mail(&ok, 1, 20).await;
     assert_eq!(mail.len(), 1, "the accepted email was lost");
-    // A duplicate after the restart sends nothing more.
-    api.trigger("bookings", "booking.confirmed", &b.to_string())
+    // A duplicate after the restart is accepted as the same notification (committed at the
+    // 200), and once the one job has finished nothing more is on its way.
+    let r = api
+        .trigger("bookings", "booking.confirmed", &b.to_string())
         .await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(deliveries(&api, "u3").await.len(), 1);
+    let jobs = server.due_jobs_finished(10).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
     assert_eq!(ok.messages().len(), 1);
     let ds = settled(&api, "u3", 1, 10).await;
     assert_eq!(state_of(&ds, "email").0, "sent");
@@ -399,7 +419,7 @@ async fn booking_events_reach_subscribed_webhooks_signed_and_retried() {
         hook.url("/bookings"),
         hook.url("/orders")
     );
-    let server = Setup::default().toml(&toml).start();
+    let server = Setup::default().toml(&toml).admin().start();
     let api = Api::new(&server);
     let booking = json!({"booking_id": "B-3", "status": "confirmed"});
     for event in ["booking.created", "booking.cancelled", "staff.updated"] {
@@ -410,7 +430,10 @@ async fn booking_events_reach_subscribed_webhooks_signed_and_retried() {
     api.trigger("bookings", "booking.created", &booking.to_string())
         .await;
     hook.wait_for("/", 3, 20).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every job has finished (two events, so two jobs): nothing more is on its way.
+    let jobs = server.due_jobs_finished(10).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j["state"] == "done"), "{jobs:?}");
     let got = hook.requests();
     assert_eq!(
         got.len(),

@@ -5,12 +5,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::api::Api;
-use crate::delivery::{put, settled, state_of};
+use crate::delivery::{deliveries, put, settled, state_of};
 use crate::harness::Setup;
 use crate::mock_http::{Mock, Response};
 
@@ -120,16 +119,28 @@ zoho = {{ contact = {{ Email = '{{{{ email }}}}', Last_Name = '{{{{ last_name }}
     );
 }
 
+/// One invoice the local Zoho holds.
+#[derive(Debug, Clone)]
+struct Inv {
+    reference: String,
+    id: String,
+    status: String,
+    customer_id: String,
+}
+
 /// The Books side of a local Zoho: customers by email, invoices by reference, payments; it
 /// checks each call's organisation and token and keeps state, so a retry shows whether
-/// bellhop looks before it makes.
+/// bellhop looks before it makes. A payment must name the invoice's own customer, as Zoho
+/// requires.
 #[derive(Default)]
 struct Books {
     tokens: usize,
     customers: Vec<(String, String)>,
-    invoices: Vec<(String, String, String)>,
+    invoices: Vec<Inv>,
     payments: Vec<Value>,
     invoice_posts: usize,
+    /// Every `POST /customerpayments`, answered or refused.
+    payment_posts: usize,
     /// Answer 401 to the next call (the token expired between two calls).
     expire_next: bool,
     /// Answer 500 to the next payment (Zoho's side failed; bellhop retries).
@@ -213,8 +224,11 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             let found: Vec<Value> = s
                 .invoices
                 .iter()
-                .filter(|(r, _, _)| Some(r) == q.get("reference_number"))
-                .map(|(r, id, st)| json!({"invoice_id": id, "reference_number": r, "status": st}))
+                .filter(|i| Some(&i.reference) == q.get("reference_number"))
+                .map(|i| {
+                    json!({"invoice_id": i.id, "reference_number": i.reference, "status": i.status,
+                        "customer_id": i.customer_id})
+                })
                 .collect();
             Response::json(
                 200,
@@ -233,8 +247,12 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             );
             let id = format!("46000000{}", 900 + s.invoices.len());
             let reference = body["reference_number"].as_str().unwrap().to_owned();
-            s.invoices
-                .push((reference.clone(), id.clone(), "draft".into()));
+            s.invoices.push(Inv {
+                reference: reference.clone(),
+                id: id.clone(),
+                status: "draft".into(),
+                customer_id: body["customer_id"].as_str().unwrap().to_owned(),
+            });
             // The token expires right after: the next call (marking it sent) is refused.
             s.expire_next = true;
             Response::json(
@@ -247,9 +265,9 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             let id = p
                 .trim_start_matches("/invoices/")
                 .trim_end_matches("/status/sent");
-            match s.invoices.iter_mut().find(|(_, i, _)| i == id) {
+            match s.invoices.iter_mut().find(|i| i.id == id) {
                 Some(inv) => {
-                    inv.2 = "sent".into();
+                    inv.status = "sent".into();
                     Response::json(
                         200,
                         json!({"code": 0, "message": "Invoice status has been changed to Sent."}),
@@ -262,6 +280,7 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             }
         }
         ("POST", "/customerpayments") => {
+            s.payment_posts += 1;
             if std::mem::take(&mut s.fail_next_payment) {
                 return Response::json(500, json!({"code": 9999, "message": "Internal error"}));
             }
@@ -272,10 +291,18 @@ fn books_answer(state: &Mutex<Books>, base: &str, req: &crate::mock_http::Reques
             let inv = s
                 .invoices
                 .iter_mut()
-                .find(|(_, i, _)| *i == id)
+                .find(|i| i.id == id)
                 .expect("an existing invoice");
-            assert_eq!(inv.2, "sent", "a draft cannot be paid");
-            inv.2 = "paid".into();
+            assert_eq!(inv.status, "sent", "a draft cannot be paid");
+            // Zoho refuses a payment whose customer is not the invoice's (the code and message
+            // here are the fake's own).
+            if body["customer_id"] != inv.customer_id.as_str() {
+                return Response::json(
+                    400,
+                    json!({"code": 24016, "message": "The invoice does not belong to the customer of this payment."}),
+                );
+            }
+            inv.status = "paid".into();
             s.payments.push(body.clone());
             Response::json(
                 201,
@@ -374,7 +401,7 @@ paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ pa
         );
         assert_eq!(s.payments.len(), 1);
         assert_eq!(s.customers.len(), 1, "the existing customer was used");
-        assert_eq!(s.invoices[0].2, "paid");
+        assert_eq!(s.invoices[0].status, "paid");
         assert_eq!(s.tokens, 2, "one refresh for the expired token");
         let p = &s.payments[0];
         assert_eq!(p["customer_id"], "46000000042");
@@ -432,10 +459,169 @@ paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ pa
         "{failed}"
     );
 
-    // The same payment event again (a webhook retried by the payment provider): already
-    // decided, nothing new in Zoho.
-    api.trigger("payments", "booking.paid", &paid.to_string())
+    // The same payment event again (a webhook retried by the payment provider): the same
+    // event, accepted as the notification it already is (committed at the 200).
+    let r = api
+        .trigger("payments", "booking.paid", &paid.to_string())
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(state.lock().unwrap().payments.len(), 1);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(deliveries(&api, "z1").await.len(), 1);
+
+    // The provider's next retry carries a new delivery id: a new event for the same invoice.
+    // Zoho says the invoice is paid, so no second payment is recorded.
+    let mut again = paid.clone();
+    again["webhook_delivery"] = json!("whd_2");
+    let r = api
+        .trigger("payments", "booking.paid", &again.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ds = settled(&api, "z1", 2, 30).await;
+    assert_eq!(ds.len(), 2, "{ds:?}");
+    assert!(ds.iter().all(|d| d["state"] == "sent"), "{ds:?}");
+    let repeat = ds.iter().max_by_key(|d| d["id"].as_i64().unwrap()).unwrap();
+    assert_eq!(
+        repeat["reason"],
+        "CONTACT_UPSERT Customers 46000000042 SUCCESS; INVOICE_CREATE Invoices 46000000900 SUCCESS; \
+         INVOICE_MARK_PAID Invoices 46000000900 SUCCESS",
+        "the invoice was found paid, not paid again: {repeat}"
+    );
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(
+            s.payment_posts, 2,
+            "the failed payment and the one recorded"
+        );
+        assert_eq!(s.invoice_posts, 1);
+        assert_eq!(s.invoices.len(), 1);
+        assert_eq!(s.payments.len(), 1);
+        // The one payment: this invoice, its amount, its own customer.
+        let p = &s.payments[0];
+        let inv = &s.invoices[0];
+        assert_eq!(
+            (inv.reference.as_str(), inv.id.as_str(), inv.status.as_str()),
+            ("B-7", "46000000900", "paid")
+        );
+        assert_eq!(p["invoices"][0]["invoice_id"], inv.id.as_str());
+        assert_eq!(p["invoices"][0]["amount_applied"], 240.0);
+        assert_eq!(p["amount"], 240.0);
+        assert_eq!(p["customer_id"], inv.customer_id.as_str());
+        assert_eq!(inv.customer_id, "46000000042");
+    }
+    // The repeat's sync log: the invoice found already paid (recorded against the invoice,
+    // with no payment id), on top of the rows above.
+    let r = api.get("/zoho/sync_logs", &[("reference", "B-7")]).await;
+    let logs = r.body["sync_logs"].as_array().unwrap();
+    assert_eq!(logs.len(), ops.len() + 3, "{logs:?}");
+    let newest: Vec<String> = logs[..3]
+        .iter()
+        .rev()
+        .map(|l| {
+            format!(
+                "{} {} {} {}",
+                l["operation"].as_str().unwrap(),
+                l["entity"].as_str().unwrap(),
+                l["status"].as_str().unwrap(),
+                l["remote_id"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            "CONTACT_UPSERT Customers SUCCESS 46000000042",
+            "INVOICE_CREATE Invoices SUCCESS 46000000900",
+            "INVOICE_MARK_PAID Invoices SUCCESS 46000000900",
+        ]
+    );
+    assert!(logs[..3].iter().all(|l| l["error"].is_null()), "{logs:?}");
+}
+
+/// An invoice made in Zoho by someone else (the front desk, for the travel agency that
+/// booked) and found by its reference: the payment is recorded against that invoice's own
+/// customer, not the contact that the guest's email finds.
+#[tokio::test]
+async fn a_found_invoice_is_paid_for_its_own_customer() {
+    let state = Arc::new(Mutex::new(Books {
+        product: "books",
+        ..Books::default()
+    }));
+    let base = Arc::new(Mutex::new(String::new()));
+    let (s, b) = (state.clone(), base.clone());
+    let zoho = Mock::start(move |req| books_answer(&s, &b.lock().unwrap(), req)).await;
+    *base.lock().unwrap() = zoho.url("");
+    {
+        let mut s = state.lock().unwrap();
+        s.customers
+            .push(("ana@example.com".into(), "46000000042".into()));
+        s.customers
+            .push(("billing@agency.example".into(), "46000000077".into()));
+        s.invoices.push(Inv {
+            reference: "B-9".into(),
+            id: "46000000955".into(),
+            status: "sent".into(),
+            customer_id: "46000000077".into(),
+        });
+    }
+    let toml = format!(
+        r#"
+[[apps]]
+id = '100'
+key = 'test-key'
+secret = 'test-secret'
+
+[apps.zoho]
+client_id = '1000.CLIENT'
+client_secret = 'secret'
+refresh_token = '1000.refresh'
+accounts_url = '{}'
+invoices = {{ product = 'books', organization_id = '60012345678' }}
+
+[[apps.rules]]
+name = 'invoice'
+channel = 'payments'
+event = 'booking.paid'
+type = 'INVOICE'
+recipients = [{{ users_field = 'customer_id' }}]
+
+[[apps.rules.deliver]]
+channel = 'zoho'
+
+[apps.rules.deliver.zoho.invoice]
+reference = '{{{{ booking_id }}}}'
+customer_name = '{{{{ name }}}}'
+email = '{{{{ email }}}}'
+line_items = [{{ name = '{{{{ room }}}}', rate = '{{{{ amount }}}}' }}]
+paid = {{ amount = '{{{{ amount }}}}', mode = 'creditcard', reference = '{{{{ payment_id }}}}', date = '2026-12-02' }}
+"#,
+        zoho.url("")
+    );
+    let server = Setup::default().toml(&toml).start();
+    let api = Api::new(&server);
+    put(&api, "/users/z9", json!({})).await;
+    let paid = json!({"customer_id": "z9", "booking_id": "B-9", "name": "Ana Silva",
+        "email": "ana@example.com", "room": "Deluxe room", "amount": "240.00",
+        "payment_id": "pi_9"});
+    let r = api
+        .trigger("payments", "booking.paid", &paid.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ds = settled(&api, "z9", 1, 30).await;
+    let (st, reason) = state_of(&ds, "zoho");
+    assert_eq!(st, "sent", "{ds:?}");
+    assert_eq!(
+        reason,
+        "CONTACT_UPSERT Customers 46000000042 SUCCESS; INVOICE_CREATE Invoices 46000000955 SUCCESS; \
+         INVOICE_MARK_PAID CustomerPayments 4600000077001 SUCCESS"
+    );
+    let s = state.lock().unwrap();
+    assert_eq!(s.invoice_posts, 0, "the invoice was found, not made");
+    assert_eq!(s.payments.len(), 1);
+    let p = &s.payments[0];
+    assert_eq!(
+        p["customer_id"], "46000000077",
+        "the invoice's own customer"
+    );
+    assert_eq!(p["invoices"][0]["invoice_id"], "46000000955");
+    assert_eq!(p["amount"], 240.0);
+    assert_eq!(s.invoices[0].status, "paid");
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub const APP_ID: &str = "100";
 pub const KEY: &str = "test-key";
 pub const SECRET: &str = "test-secret";
+/// The operator token of servers started with [`Setup::admin`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-the-tests";
 
 pub struct Server {
     child: Child,
@@ -44,6 +46,11 @@ impl Setup {
     pub fn toml(mut self, t: &str) -> Self {
         self.toml = Some(t.into());
         self
+    }
+
+    /// Turns the operator API on (bearer [`ADMIN_TOKEN`]), for tests that read the job queue.
+    pub fn admin(self) -> Self {
+        self.env("BELLHOP_ADMIN_TOKEN", ADMIN_TOKEN)
     }
 
     pub fn data_dir(mut self, dir: &std::path::Path) -> Self {
@@ -151,6 +158,50 @@ impl Server {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The job queue as `GET /admin/jobs` shows it (the server needs [`Setup::admin`]).
+    pub async fn jobs(&self) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(self.http("/admin/jobs?limit=1000"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET /admin/jobs (is Setup::admin on?)");
+        r.json().await.unwrap()
+    }
+
+    /// Waits (at most `secs`) until no job is running and none pending is due, and answers the
+    /// jobs. A job that finished never runs again, and records its end only after its send
+    /// returned, so what such jobs sent has all arrived: the sentinel for "nothing more was
+    /// sent". A job waiting out a back-off (due later) does not count: wait for what it must
+    /// send first.
+    pub async fn due_jobs_finished(&self, secs: u64) -> Vec<serde_json::Value> {
+        let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let list = self.jobs().await;
+            let jobs = list["jobs"].as_array().unwrap().clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let busy: Vec<&serde_json::Value> = jobs
+                .iter()
+                .filter(|j| {
+                    j["state"] == "running"
+                        || (j["state"] == "pending" && j["run_at"].as_i64().unwrap() <= now)
+                })
+                .collect();
+            if busy.is_empty() {
+                return jobs;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "jobs still due or running after {secs} s: {busy:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -32,7 +32,6 @@ async fn trigger_to_many_channels_with_exclusion_and_info() {
             "empty": {"subscription_count": 0}
         }})
     );
-    a.expect_silence().await;
     let mut got = vec![
         b.expect("n").await["channel"].clone(),
         b.expect("n").await["channel"].clone(),
@@ -40,9 +39,12 @@ async fn trigger_to_many_channels_with_exclusion_and_info() {
     got.sort_by_key(|v| v.to_string());
     assert_eq!(got, vec![json!("orders"), json!("presence-desk")]);
 
+    // The next event on orders is the first thing a gets (it was excluded from n) and the
+    // next thing b gets there (n came once).
     let plain = api.trigger("orders", "m", "x").await;
     assert_eq!((plain.status, plain.body), (200, json!({})));
-    a.expect("m").await;
+    a.expect_only_until("m").await;
+    b.expect_only_until("m").await;
 }
 
 #[tokio::test]
@@ -93,7 +95,20 @@ async fn batch_events_and_batch_limit() {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.body["error"].as_str().unwrap().starts_with("batch[1]"));
-    c.expect_silence().await;
+    // Nothing of either refused batch was sent: a later event on a and on b comes first.
+    let r = api
+        .post(
+            "events",
+            &json!({"name": "sentinel", "channels": ["a", "b"], "data": "s"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut got = vec![
+        c.expect_only_until("sentinel").await["channel"].clone(),
+        c.expect_only_until("sentinel").await["channel"].clone(),
+    ];
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(got, vec![json!("a"), json!("b")]);
 }
 
 #[tokio::test]
@@ -327,14 +342,30 @@ async fn apps_are_isolated() {
         200
     );
     assert_eq!(c2.expect("e").await["data"], "for-two");
-    c1.expect_silence().await;
+    // An event app 1 triggers on its own shared-name after that is the first thing c1 gets
+    // (the path app 2's event would have taken had the channels been shared).
+    assert_eq!(
+        first.trigger("shared-name", "sentinel", "1").await.status,
+        200
+    );
+    assert_eq!(c1.expect_only_until("sentinel").await["data"], "1");
 
     // App 2's credentials cannot act on app 1's path.
     let mut cross = Api::for_app(&server, "100", "second-key", "second-secret");
     assert_eq!(cross.trigger("shared-name", "e", "x").await.status, 401);
     cross.key = KEY.into();
     assert_eq!(cross.trigger("shared-name", "e", "x").await.status, 401);
-    c1.expect_silence().await;
+    assert_eq!(
+        first.trigger("shared-name", "sentinel", "2").await.status,
+        200
+    );
+    assert_eq!(c1.expect_only_until("sentinel").await["data"], "2");
+    // And app 2's subscriber heard neither of app 1's events.
+    assert_eq!(
+        second.trigger("shared-name", "sentinel", "3").await.status,
+        200
+    );
+    assert_eq!(c2.expect_only_until("sentinel").await["data"], "3");
 
     let list = first.get("/channels", &[]).await;
     assert_eq!(list.body, json!({"channels": {"shared-name": {}}}));

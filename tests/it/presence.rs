@@ -37,8 +37,6 @@ async fn members_join_and_leave_once_per_user() {
         .subscribe_presence("presence-staff", "2", json!({"name": "Bob"}))
         .await;
     assert_eq!(data(&ok)["presence"]["count"], 2);
-    ann.expect_silence().await;
-    bob.expect_silence().await;
 
     let api = Api::new(&server);
     let users = api.get("/channels/presence-staff/users", &[]).await;
@@ -53,15 +51,34 @@ async fn members_join_and_leave_once_per_user() {
         info.body,
         json!({"occupied": true, "user_count": 2, "subscription_count": 3})
     );
+    // The channel's member frames are ordered: a sentinel member joining after bob2's
+    // subscription_succeeded is the next frame ann and bob get, so nothing came before it.
+    let mut s1 = Client::connect(&server).await;
+    s1.subscribe_presence("presence-staff", "sentinel-1", json!({}))
+        .await;
+    ann.expect_only_member("pusher_internal:member_added", "sentinel-1")
+        .await;
+    bob.expect_only_member("pusher_internal:member_added", "sentinel-1")
+        .await;
 
     // One of Bob's sockets leaving removes nothing; the last one does, once.
     bob2.close().await;
-    ann.expect_silence().await;
+    // Once the channel counts bob2 gone, the sentinel's leave comes after anything it caused.
+    api.wait_subscription_count("presence-staff", 3).await;
+    s1.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-staff"}}))
+        .await;
+    ann.expect_only_member("pusher_internal:member_removed", "sentinel-1")
+        .await;
     bob.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-staff"}}))
         .await;
     let removed = ann.expect("pusher_internal:member_removed").await;
     assert_eq!(data(&removed), json!({"user_id": "2"}));
-    ann.expect_silence().await;
+    // Removed once: the next member frame is a later sentinel's.
+    let mut s2 = Client::connect(&server).await;
+    s2.subscribe_presence("presence-staff", "sentinel-2", json!({}))
+        .await;
+    ann.expect_only_member("pusher_internal:member_added", "sentinel-2")
+        .await;
 }
 
 #[tokio::test]
@@ -132,7 +149,12 @@ async fn a_repeated_subscribe_keeps_the_first_member() {
     // b subscribes again claiming another user id: nothing changes.
     let ok = b.subscribe_presence("presence-desk", "3", json!({})).await;
     assert_eq!(data(&ok)["presence"]["count"], 2);
-    a.expect_silence().await;
+    // Nobody was added: the next member frame a gets is a sentinel's, joining after.
+    let mut s = Client::connect(&server).await;
+    s.subscribe_presence("presence-desk", "sentinel", json!({}))
+        .await;
+    a.expect_only_member("pusher_internal:member_added", "sentinel")
+        .await;
     b.send(json!({"event": "client-x", "channel": "presence-desk", "data": {}}))
         .await;
     assert_eq!(a.expect("client-x").await["user_id"], "2");

@@ -141,9 +141,23 @@ async fn lifecycle(store: &Store) {
 
 async fn lease_expiry(store: &Store) {
     let id = store.enqueue(&job(None)).await.unwrap().unwrap();
+    let before = now_ms();
     let first = store.claim(Duration::from_millis(200), 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = store.claim(Duration::from_secs(30), 1).await.unwrap();
+    assert_eq!(first[0].id, id);
+    // Claimed again as soon as the 200 ms lease has run out, and not before (5 s at most).
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let got = store.claim(Duration::from_secs(30), 1).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the expired lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(now_ms() - before >= 200, "taken over inside the lease");
     assert_eq!(second[0].id, id);
     assert_eq!(second[0].attempt, 2);
     // The first worker's token no longer holds: its outcome is logged but not applied.
@@ -318,6 +332,33 @@ async fn expired_jobs_are_dead_lettered() {
     handle.await.unwrap();
 }
 
+/// Waits (10 s at most) until the Postgres session named `name` has run its LISTEN and is
+/// idle: from then on a NOTIFY reaches it.
+async fn listening(name: &str) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_url())
+        .await
+        .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND state = 'idle' AND query ILIKE 'LISTEN%'",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if n > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the worker's LISTEN never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn postgres_notify_wakes_workers_on_another_node() {
     let url = postgres_schema_url().await;
@@ -332,8 +373,11 @@ async fn postgres_notify_wakes_workers_on_another_node() {
     let workers = Workers::new(node_b.clone(), "b".into())
         .poll(Duration::from_secs(60))
         .handler(flaky.clone());
-    let handle = tokio::spawn(workers.run(Some(url.clone()), stopped));
-    tokio::time::sleep(Duration::from_millis(500)).await; // LISTEN is up
+    // The listener connects under a name of its own, so the test can see its LISTEN.
+    let name = format!("bellhop-listen-{:x}", rand::random::<u32>());
+    let listen_url = format!("{url}&application_name={name}");
+    let handle = tokio::spawn(workers.run(Some(listen_url), stopped));
+    listening(&name).await;
     let id = node_a.enqueue(&job(None)).await.unwrap().unwrap();
     let mut state = String::new();
     for _ in 0..60 {

@@ -26,10 +26,14 @@ async fn public_subscribe_receive_unsubscribe() {
 
     c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "hotel-1"}}))
         .await;
-    // The unsubscribe is processed before a later trigger from the same connection's view.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    api.trigger("hotel-1", "new-order", "{}").await;
-    c.expect_silence().await;
+    // Triggered once the channel has let go of c.
+    api.wait_subscription_count("hotel-1", 0).await;
+    assert_eq!(api.trigger("hotel-1", "new-order", "{}").await.status, 200);
+    // c subscribes again: the channel answers after it handled the trigger, so a new-order
+    // still sent to c would come before this subscription_succeeded.
+    c.subscribe_with("hotel-1", None, None).await;
+    c.expect_only_until("pusher_internal:subscription_succeeded")
+        .await;
 }
 
 #[tokio::test]
@@ -116,7 +120,18 @@ async fn client_events_are_relayed_but_not_echoed() {
     assert_eq!(ev["channel"], "private-chat");
     assert_eq!(data(&ev), json!({"who": "a"}));
     assert!(ev.get("user_id").is_none());
-    a.expect_silence().await;
+    // The sender never gets its own client events: a later event on the channel (triggered
+    // once b has the client event, so after it) is the next thing a gets.
+    let api = Api::new(&server);
+    assert_eq!(
+        api.trigger("private-chat", "sentinel", "{}").await.status,
+        200
+    );
+    a.expect_only_until("sentinel").await;
+    assert_eq!(
+        b.expect_only_until("sentinel").await["channel"],
+        "private-chat"
+    );
 }
 
 #[tokio::test]
@@ -156,7 +171,22 @@ async fn client_events_are_refused_where_pusher_refuses_them() {
     a.send(json!({"event": long_name, "channel": "private-big", "data": {}}))
         .await;
     a.expect("pusher:error").await;
-    b.expect_silence().await;
+    // Every refused frame was handled before its error came back; a later event on each
+    // channel b shares with a is the next thing b gets there. (b is on neither
+    // private-not-joined nor private-big.)
+    let r = Api::new(&server)
+        .post(
+            "events",
+            &json!({"name": "sentinel", "channels": ["public", "private-encrypted-x"], "data": "{}"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut channels = vec![
+        b.expect_only_until("sentinel").await["channel"].clone(),
+        b.expect_only_until("sentinel").await["channel"].clone(),
+    ];
+    channels.sort_by_key(|c| c.to_string());
+    assert_eq!(channels, [json!("private-encrypted-x"), json!("public")]);
 }
 
 #[tokio::test]
@@ -196,9 +226,18 @@ async fn client_event_rate_limit_sends_4301_and_keeps_the_socket() {
     for i in 0..10 {
         assert_eq!(data(&b.expect("client-n").await)["i"], i);
     }
-    b.expect_silence().await;
+    // The socket is kept, and its pong proves all twelve frames were handled (and anything
+    // they published handed to the channel); a later event on the channel is then the next
+    // thing b gets, so the two refused events were not relayed.
     a.send(json!({"event": "pusher:ping", "data": {}})).await;
     a.expect("pusher:pong").await;
+    let api = Api::new(&server);
+    assert_eq!(
+        api.trigger("private-rate", "sentinel", "{}").await.status,
+        200
+    );
+    b.expect_only_until("sentinel").await;
+    a.expect_only_until("sentinel").await;
 }
 
 #[tokio::test]

@@ -48,7 +48,19 @@ async fn signin_send_to_user_and_terminate() {
     assert_eq!(r.status, 200);
     phone.expect("shift-change").await;
     tablet.expect("shift-change").await;
-    other.expect_silence().await;
+    // The channel fanned shift-change out to its subscribers' outboxes in one go, before
+    // phone and tablet had it; an event on staff-7's own channel, triggered only now, is
+    // the first thing other gets.
+    assert_eq!(
+        api.trigger("#server-to-user-staff-7", "sentinel", "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        other.expect_only_until("sentinel").await["channel"],
+        "#server-to-user-staff-7"
+    );
 
     // A bad sign-in closes with 4009.
     let mut bad = Client::connect(&server).await;
@@ -82,7 +94,7 @@ async fn cache_channels_replay_the_last_event_or_say_miss() {
     first.expect("menu-updated").await;
     // Everyone leaves; the cache outlives the channel.
     first.close().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.wait_subscription_count("cache-menu", 0).await;
     let mut late = Client::connect(&server).await;
     late.subscribe("cache-menu").await;
     let ev = late.expect("menu-updated").await;
@@ -106,20 +118,25 @@ async fn subscription_count_is_sent_debounced_when_enabled() {
     // One event for the burst of joins, with the settled count.
     let ev = a.wait_for("pusher_internal:subscription_count").await;
     assert_eq!(data(&ev), json!({"subscription_count": 3}));
-    a.expect_silence().await;
+    // Only one for the burst: the channel's next event to a is the count after c leaves.
     c.close().await;
-    let ev = a.wait_for("pusher_internal:subscription_count").await;
+    let ev = a
+        .expect_only_until("pusher_internal:subscription_count")
+        .await;
     assert_eq!(data(&ev), json!({"subscription_count": 2}));
 
-    // Off by default.
+    // Off by default: once the debounce a count would wait for (1 s) is over, with room to
+    // spare, an event on the channel is the first thing either subscriber gets.
     let quiet = Setup::new().start();
     let mut q = Client::connect(&quiet).await;
     q.subscribe("counted").await;
     let mut r = Client::connect(&quiet).await;
     r.subscribe("counted").await;
-    if let Some(ev) = q.next_within(Duration::from_millis(1500)).await {
-        panic!("unexpected {ev:?}");
-    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let api = Api::new(&quiet);
+    assert_eq!(api.trigger("counted", "sentinel", "{}").await.status, 200);
+    q.expect_only_until("sentinel").await;
+    r.expect_only_until("sentinel").await;
 }
 
 #[tokio::test]
@@ -237,12 +254,27 @@ async fn metrics_are_scraped_on_their_own_port() {
 
     a.close().await;
     b.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = scrape_metrics(&reqwest::get(&url).await.unwrap().text().await.unwrap());
-    assert_eq!(m[r#"bellhop_connected{app_id="100"}"#], 0.0);
-    assert_eq!(m[r#"bellhop_new_disconnections_total{app_id="100"}"#], 2.0);
-    assert_eq!(m[r#"bellhop_channels{app_id="100"}"#], 0.0);
-    assert_eq!(m[r#"bellhop_presence_members{app_id="100"}"#], 0.0);
+    // Closes are handled asynchronously: wait (5 s at most) until the gauges show them.
+    let want = [
+        (r#"bellhop_connected{app_id="100"}"#, 0.0),
+        (r#"bellhop_new_disconnections_total{app_id="100"}"#, 2.0),
+        (r#"bellhop_channels{app_id="100"}"#, 0.0),
+        (r#"bellhop_presence_members{app_id="100"}"#, 0.0),
+    ];
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = scrape_metrics(&reqwest::get(&url).await.unwrap().text().await.unwrap());
+        let now: Vec<(&str, Option<f64>)> =
+            want.iter().map(|(k, _)| (*k, m.get(*k).copied())).collect();
+        if want.iter().zip(&now).all(|((_, w), (_, n))| *n == Some(*w)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "metrics after both closed: want {want:?}, have {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

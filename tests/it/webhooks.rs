@@ -146,16 +146,31 @@ async fn a_quick_rejoin_cancels_the_leave() {
         .start();
     let mut c = Client::connect(&server).await;
     c.subscribe("lobby").await;
-    wait_events(&rx, 1, 5).await;
+    assert_eq!(wait_events(&rx, 1, 5).await.len(), 1);
     c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "lobby"}}))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The channel is vacated (its leave now waits out the window) before c comes back.
+    let api = Api::new(&server);
+    api.wait_subscription_count("lobby", 0).await;
     c.subscribe("lobby").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A sentinel: another channel vacated after lobby was waits out the same window and is
+    // due after it, so once its channel_vacated is in, lobby's would be too.
+    let mut s = Client::connect(&server).await;
+    s.subscribe("sentinel-room").await;
+    s.close().await;
+    wait_event(
+        &rx,
+        json!({"name": "channel_vacated", "channel": "sentinel-room"}),
+    )
+    .await;
     let got = events(&rx.requests());
     assert_eq!(
         got,
-        vec![json!({"name": "channel_occupied", "channel": "lobby"})]
+        vec![
+            json!({"name": "channel_occupied", "channel": "lobby"}),
+            json!({"name": "channel_occupied", "channel": "sentinel-room"}),
+            json!({"name": "channel_vacated", "channel": "sentinel-room"}),
+        ]
     );
 }
 
@@ -179,21 +194,27 @@ async fn failing_receiver_is_retried_until_it_recovers() {
     assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].body, reqs[2].body, "the same batch is retried");
     verify(&reqs[2]);
-    // A 410 is permanent: one attempt only, dead-lettered.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(gone.requests().len(), 1);
-
+    // A 410 is permanent: one attempt only, dead-lettered. Once both jobs are closed (a
+    // closed job never runs again), the requests are all there will be.
     let http = reqwest::Client::new();
-    let list: Value = http
-        .get(server.http("/admin/jobs"))
-        .bearer_auth("admin-secret-for-tests")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["counts"], json!({"dead": 1, "done": 1}), "{list}");
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let list: Value = loop {
+        let list: Value = http
+            .get(server.http("/admin/jobs"))
+            .bearer_auth("admin-secret-for-tests")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["counts"] == json!({"dead": 1, "done": 1}) {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < end, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(gone.requests().len(), 1);
     let dead = list["jobs"]
         .as_array()
         .unwrap()
@@ -298,13 +319,14 @@ async fn a_worker_killed_mid_request_leads_to_exactly_one_more_attempt() {
         .env("BELLHOP_APP_WEBHOOKS", &hooks(&rx.url("/h"), &[]))
         .env("BELLHOP_JOB_LEASE_SECS", "2")
         .env("BELLHOP_WEBHOOK_TIMEOUT_MS", "60000")
+        .admin()
         .data_dir(data.path());
     let server = setup.clone().start();
     let mut c = Client::connect(&server).await;
     c.subscribe("mid-flight").await;
     assert_eq!(rx.wait_for(1, 10).await.len(), 1, "first attempt in flight");
     server.kill();
-    let _server = setup.start();
+    let server = setup.start();
     let reqs = rx.wait_for(2, 15).await;
     assert!(reqs.len() >= 2);
     assert_eq!(reqs[0].body, reqs[1].body);
@@ -316,7 +338,18 @@ async fn a_worker_killed_mid_request_leads_to_exactly_one_more_attempt() {
         events(&reqs[2..]),
         vec![json!({"name": "channel_vacated", "channel": "mid-flight"})]
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both jobs closed, the first after its second attempt: no attempt is left to come.
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = server.jobs().await;
+        if jobs["counts"] == json!({"done": 2}) {
+            let first = jobs["jobs"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(first["attempts"], 2, "{jobs}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{jobs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(rx.requests().len(), 3);
 }
 

@@ -152,6 +152,13 @@ impl InvoicesConfig {
     }
 }
 
+/// An invoice as Zoho holds it.
+struct FoundInvoice {
+    id: String,
+    status: String,
+    customer: String,
+}
+
 impl Zoho {
     /// Sends a Books/Invoice call; success is a 2xx answer with `code` 0.
     async fn books(&self, store: &Store, call: &Call<'_>) -> Result<Value, Failure> {
@@ -197,14 +204,14 @@ impl Zoho {
             .ok_or_else(|| Failure::Rejected("Zoho answered a contact without contact_id".into()))
     }
 
-    /// The invoice with this reference (id, status), made if there is none.
+    /// The invoice with this reference, made for `customer` if there is none.
     async fn invoice(
         &self,
         store: &Store,
         cfg: &InvoicesConfig,
         customer: &str,
         invoice: &Invoice,
-    ) -> Result<(String, String), Failure> {
+    ) -> Result<FoundInvoice, Failure> {
         let mut find = cfg.call(Method::GET, "/invoices");
         find.query
             .push(("reference_number", invoice.reference.clone()));
@@ -213,11 +220,14 @@ impl Zoho {
             is.iter()
                 .find(|i| i["reference_number"].as_str() == Some(invoice.reference.as_str()))
         });
+        // A found invoice is paid for its own customer, whoever the e-mail finds now (the
+        // guest may have changed it, or two contacts share it): Zoho refuses any other.
         let pick = |i: &Value| {
-            Some((
-                i["invoice_id"].as_str()?.to_owned(),
-                i["status"].as_str().unwrap_or("draft").to_owned(),
-            ))
+            Some(FoundInvoice {
+                id: i["invoice_id"].as_str()?.to_owned(),
+                status: i["status"].as_str().unwrap_or("draft").to_owned(),
+                customer: i["customer_id"].as_str().unwrap_or(customer).to_owned(),
+            })
         };
         if let Some(found) = existing.and_then(pick) {
             return Ok(found);
@@ -286,12 +296,13 @@ impl Zoho {
         records.push(SyncRecord::of("CONTACT_UPSERT", "Customers", &customer));
         let customer = customer?;
         let made = self.invoice(store, &cfg, &customer, &invoice).await;
-        let as_id = made
-            .as_ref()
-            .map(|(id, _)| id.clone())
-            .map_err(Clone::clone);
+        let as_id = made.as_ref().map(|f| f.id.clone()).map_err(Clone::clone);
         records.push(SyncRecord::of("INVOICE_CREATE", "Invoices", &as_id));
-        let (invoice_id, status) = made?;
+        let FoundInvoice {
+            id: invoice_id,
+            status,
+            customer,
+        } = made?;
         let Some(payment) = &invoice.paid else {
             return Ok(());
         };
