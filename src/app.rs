@@ -342,10 +342,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         delivery,
         event_budget: Default::default(),
         node_id,
-        body_budget: Arc::new(http::body_guard::BodyBudget::new(
-            cfg.max_body_bytes_in_flight,
-            Duration::from_millis(cfg.body_timeout_ms),
-        )),
     });
 
     let addr = format!("{}:{}", config.server.host, config.server.port);
@@ -363,6 +359,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             workers: threads(config.server.workers),
             stall_timeout,
             header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+            body_budget: web::Data::new(http::body_guard::BodyBudget::new(
+                cfg.max_body_bytes_in_flight,
+                Duration::from_millis(cfg.body_timeout_ms),
+            )),
         },
     )
     .map_err(|source| RunError::Bind {

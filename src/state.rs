@@ -32,6 +32,4 @@ pub struct ServerState {
     /// The HTTP API's per-app message budgets when alone.
     pub event_budget: EventBudget,
     pub node_id: String,
-    /// Request bodies in flight on this node, and how long one may take to arrive.
-    pub body_budget: std::sync::Arc<crate::http::body_guard::BodyBudget>,
 }

@@ -24,7 +24,6 @@ use futures_util::Stream;
 use tokio::time::Sleep;
 
 use crate::http::ApiError;
-use crate::state::ServerState;
 
 /// The node's allowance of body bytes held by requests in progress.
 #[derive(Debug)]
@@ -130,8 +129,8 @@ pub async fn guard(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let Some(budget) = req
-        .app_data::<web::Data<ServerState>>()
-        .map(|s| s.body_budget.clone())
+        .app_data::<web::Data<BodyBudget>>()
+        .map(|b| b.clone().into_inner())
     else {
         return next.call(req).await.map(|r| r.map_into_left_body());
     };

@@ -25,6 +25,8 @@ pub struct Settings {
     pub stall_timeout: Duration,
     /// How long a request's head may take to arrive (slowloris).
     pub header_timeout: Duration,
+    /// Request bodies in flight on this node, and how long one may take to arrive.
+    pub body_budget: web::Data<super::body_guard::BodyBudget>,
 }
 
 /// Small frames must leave at once (Nagle would hold them for the peer's delayed ACK), and a
@@ -72,6 +74,7 @@ pub fn build(
         let data = data.clone();
         let stall = settings.stall_timeout;
         let head = settings.header_timeout;
+        let budget = settings.body_budget.clone();
         builder = match settings.tls.clone() {
             None => builder.listen(format!("bellhop-{local}"), lst, move || {
                 HttpService::build()
@@ -79,9 +82,10 @@ pub fn build(
                     .local_addr(local)
                     .on_connect_ext(move |io: &TcpStream, _: &mut _| tune(io, stall))
                     .upgrade(upgrader(data.clone().into_inner()))
-                    .finish(map_config(app(data.clone()).into_factory(), |_| {
-                        AppConfig::default()
-                    }))
+                    .finish(map_config(
+                        app(data.clone(), budget.clone()).into_factory(),
+                        |_| AppConfig::default(),
+                    ))
                     .tcp()
             })?,
             Some(tls) => builder.listen(format!("bellhop-tls-{local}"), lst, move || {
@@ -92,9 +96,10 @@ pub fn build(
                     .secure()
                     .on_connect_ext(move |io: &Tls, _: &mut _| tune(io.get_ref().0, stall))
                     .upgrade(upgrader(data.clone().into_inner()))
-                    .finish(map_config(app(data.clone()).into_factory(), |_| {
-                        AppConfig::default()
-                    }))
+                    .finish(map_config(
+                        app(data.clone(), budget.clone()).into_factory(),
+                        |_| AppConfig::default(),
+                    ))
                     .rustls_0_23(tls.clone())
             })?,
         };
@@ -144,6 +149,7 @@ where
 
 fn app(
     data: web::Data<ServerState>,
+    budget: web::Data<super::body_guard::BodyBudget>,
 ) -> WebApp<
     impl actix_service::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -155,6 +161,7 @@ fn app(
 > {
     WebApp::new()
         .app_data(data)
+        .app_data(budget)
         .wrap(actix_web::middleware::from_fn(super::body_guard::guard))
         .wrap(actix_web::middleware::from_fn(super::metrics::observe_api))
         .configure(super::routes)
