@@ -160,12 +160,28 @@ fn webhook_tally(rx: &Receiver, accepted: &[u64]) -> (Tally, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_traffic_loses_no_accepted_notification_sqlite() {
+    lone_node_killed_mid_traffic(None, "SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_traffic_loses_no_accepted_notification_postgres() {
+    let db = postgres_schema_url().await;
+    lone_node_killed_mid_traffic(Some(&db), "Postgres").await;
+}
+
+/// One node on `database` (its SQLite file when None) killed with triggers and jobs in
+/// flight, restarted after the process manager's delay: every accepted trigger's business
+/// webhook arrives.
+async fn lone_node_killed_mid_traffic(database: Option<&str>, store: &str) {
     let rx = Receiver::start(vec![]).await;
     let data = tempfile::tempdir().unwrap();
-    let setup = Setup::default()
+    let mut setup = Setup::default()
         .toml(&orders_toml(&rx))
         .env("BELLHOP_JOB_LEASE_SECS", "2")
         .data_dir(data.path());
+    if let Some(url) = database {
+        setup = setup.env("BELLHOP_DATABASE_URL", url);
+    }
     let server = setup.clone().start();
     let target: Target = Arc::new(Mutex::new(server.addr));
     let killed: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -175,11 +191,11 @@ async fn a_node_killed_mid_traffic_loses_no_accepted_notification_sqlite() {
         killed.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(1000 * scale())).await;
-    // Killed with triggers and jobs in flight.
     server.kill();
     *killed.lock().unwrap() = Some(Instant::now());
     // The process manager's restart delay: triggers meanwhile find nobody.
-    tokio::time::sleep(Duration::from_millis(500 * scale())).await;
+    let down = Duration::from_millis(500 * scale());
+    tokio::time::sleep(down).await;
     let server = setup.start();
     *target.lock().unwrap() = server.addr;
     let (tally, back) = sender.await.unwrap();
@@ -190,7 +206,10 @@ async fn a_node_killed_mid_traffic_loses_no_accepted_notification_sqlite() {
     webhooks.refused = tally.refused;
     assert!(resent <= 16, "more resends than jobs in flight: {resent}");
     webhooks.report(
-        "kill -9 mid-traffic, 1 node, SQLite (business webhooks)",
+        &format!(
+            "kill -9 mid-traffic, restarted {:.1} s later, 1 node, {store} (business webhooks)",
+            down.as_secs_f64()
+        ),
         back,
         None,
     );
