@@ -106,11 +106,14 @@ fn tls_config(cert: &str, key: &str) -> Result<rustls::ServerConfig, RunError> {
 /// Apps changed through the admin API live in the store; they override config-file apps
 /// with the same id.
 async fn load_stored_apps(store: &Store, apps: &AppDirectory) -> Result<(), StoreError> {
-    for stored in store.stored_apps().await? {
-        match stored.to_app() {
+    for row in store.stored_apps().await? {
+        let app = crate::apps::StoredApp::from_row(&row)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| stored.to_app().map_err(|e| e.to_string()));
+        match app {
             Ok(app) => apps.upsert(app),
             Err(e) => {
-                tracing::error!(app_id = %stored.config.id, error = %e, "stored app is invalid; not served")
+                tracing::error!(app_id = %row.id(), error = %e, "stored app is invalid; not served")
             }
         }
     }
@@ -219,6 +222,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let apps = Arc::new(AppDirectory::new(apps));
+    // Each app's rules and providers follow the app: built at start, rebuilt when it changes.
+    let setups = Arc::new(crate::delivery::setup::Setups::default());
+    {
+        let setups = setups.clone();
+        apps.on_change(Arc::new(move |app: &App| {
+            if let Err(e) = setups.install(&app.config.delivery()) {
+                tracing::error!(app_id = %app.id, error = %e, "the app's delivery setup failed; its notifications keep the previous one");
+            }
+        }));
+    }
     let db_url = config.server.database_url();
     let store = Store::connect(&db_url).await?;
     store.migrate().await?;
@@ -228,8 +241,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     actix_web::rt::spawn(follow_stored_apps(store.clone(), apps.clone()));
     actix_web::rt::spawn(expire_delivery_keys(store.clone()));
     let cfg = &config.server;
+    let targets: Arc<dyn crate::webhooks::Targets> = apps.clone();
     let batcher = WebhookBatcher::new(
-        apps.clone(),
+        targets.clone(),
         store.clone(),
         Duration::from_millis(cfg.webhook_delay_ms),
         Duration::from_millis(cfg.webhook_batch_ms),
@@ -248,8 +262,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     let connections = Arc::new(Connections::default());
     let node_id = cfg.node_id();
-    let (bus, ledger): (crate::cluster::SharedBus, _) = match &cfg.redis_url {
-        None => (Arc::new(crate::cluster::MemoryBus), None),
+    type Gates = Arc<dyn crate::delivery::throttle::Gates>;
+    let (bus, ledger, gates): (crate::cluster::SharedBus, _, Gates) = match &cfg.redis_url {
+        None => (
+            Arc::new(crate::cluster::MemoryBus),
+            None,
+            Arc::new(crate::delivery::throttle::memory::MemoryGates::default()),
+        ),
         Some(url) => {
             let deliver = deliver_from_bus(registry.clone(), apps.clone(), connections.clone());
             let bus_timing = crate::cluster::BusTiming {
@@ -268,6 +287,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .await
             .map_err(RunError::Bus)?;
             let conn = bus.connection().await.map_err(RunError::Bus)?;
+            let gates = crate::delivery::throttle::redis::RedisGates::new(
+                bus.connection().await.map_err(RunError::Bus)?,
+                &cfg.redis_prefix,
+            );
             let bus: crate::cluster::SharedBus = bus;
             let announcer = Arc::new(crate::cluster::Announcer {
                 node: node_id.clone(),
@@ -299,31 +322,38 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 2 * timing.beat,
             ));
             tracing::info!(prefix = %cfg.redis_prefix, node = %node_id, "cluster bus and ledger on Redis");
-            (bus, Some(ledger))
+            (bus, Some(ledger), Arc::new(gates))
         }
     };
     let delivery = Arc::new(crate::delivery::Engine {
         store: store.clone(),
-        apps: apps.clone(),
-        registry: registry.clone(),
-        connections: connections.clone(),
-        ledger: ledger.clone(),
-        throttle: crate::delivery::throttle::Throttle::new(ledger.clone()),
-        bus: bus.clone(),
-        node: node_id.clone(),
+        setups: setups.clone(),
+        presence: match &ledger {
+            Some(l) => Arc::new(crate::live::ClusterPresence { ledger: l.clone() }),
+            None => Arc::new(crate::live::NodePresence {
+                connections: connections.clone(),
+                registry: registry.clone(),
+            }),
+        },
+        sockets: Arc::new(crate::live::ServerToUser {
+            registry: registry.clone(),
+            bus: bus.clone(),
+            node: node_id.clone(),
+        }),
+        throttle: crate::delivery::throttle::Throttle::new(gates),
     });
     let (stop_workers, workers_stopped) = watch::channel(false);
     let workers = Workers::new(store.clone(), cfg.node_id())
         .lease(Duration::from_secs(cfg.job_lease_secs))
         .concurrency(cfg.job_concurrency)
         .handler(Arc::new(WebhookSender::new(
-            apps.clone(),
+            targets,
             Duration::from_millis(cfg.webhook_timeout_ms),
         )))
         .handler(delivery.clone())
         .handler(Arc::new(
             crate::delivery::event_webhooks::EventWebhookSender::new(
-                apps.clone(),
+                setups,
                 Duration::from_millis(cfg.webhook_timeout_ms),
             ),
         ));

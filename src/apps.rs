@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bellhop_protocol::{AppId, AppKey, IdError, Secret};
+use bellhop_protocol::{AppId, AppKey, Secret};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::AppConfig;
+use crate::rate::SecondWindow;
 use crate::webhooks::WebhookTarget;
 
 /// Per-app limits; the defaults are Pusher's.
@@ -41,118 +42,15 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// The settings this app was built from (for the admin API to change and store).
     pub config: AppConfig,
-    pub rules: Arc<Vec<crate::delivery::rules::Rule>>,
-    pub fcm: Option<Arc<crate::delivery::fcm::Fcm>>,
-    pub mailer: Option<Arc<crate::delivery::email::Mailer>>,
-    pub sms: Option<Arc<crate::delivery::sms::Sms>>,
-    pub whatsapp: Option<Arc<crate::delivery::whatsapp::Whatsapp>>,
-    pub zoho: Option<Arc<crate::delivery::zoho::Zoho>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Id(#[from] IdError),
-    #[error(transparent)]
-    Webhook(#[from] crate::webhooks::TargetError),
-    #[error("{0} must be at least 1")]
-    ZeroLimit(&'static str),
-    #[error("{0} must be at most a year")]
-    TooLong(&'static str),
-    #[error(transparent)]
-    Rule(#[from] crate::delivery::rules::RuleError),
-    #[error(transparent)]
-    Fcm(#[from] crate::delivery::fcm::FcmSetupError),
-    #[error(transparent)]
-    Email(#[from] crate::delivery::email::EmailSetupError),
-    #[error(transparent)]
-    Sms(#[from] crate::delivery::sms::SmsSetupError),
-    #[error(transparent)]
-    Whatsapp(#[from] crate::delivery::whatsapp::WhatsappSetupError),
-    #[error("{0}")]
-    Zoho(String),
-    #[error(transparent)]
-    EventWebhook(#[from] crate::delivery::event_webhooks::SubscriptionError),
-}
+pub use crate::config::AppError;
 
 impl App {
+    /// The app `c` describes, once `c` is valid.
     pub fn from_config(c: &AppConfig) -> Result<Self, AppError> {
-        for (name, v) in [
-            ("max_event_bytes", c.max_event_bytes),
-            ("max_channels_per_trigger", c.max_channels_per_trigger),
-            ("max_batch_size", c.max_batch_size),
-            ("max_presence_members", c.max_presence_members),
-            (
-                "max_presence_user_info_bytes",
-                c.max_presence_user_info_bytes,
-            ),
-            ("max_presence_user_id_len", c.max_presence_user_id_len),
-            (
-                "max_subscriptions_per_connection",
-                c.max_subscriptions_per_connection,
-            ),
-        ] {
-            if v == 0 {
-                return Err(AppError::ZeroLimit(name));
-            }
-        }
-        for w in &c.webhooks {
-            w.validate()?;
-        }
-        for s in &c.event_webhooks {
-            s.validate()?;
-        }
-        // Durations feed Instant arithmetic, which must not overflow.
-        const YEAR: u64 = 365 * 24 * 3600;
-        if c.cache_ttl_secs > YEAR {
-            return Err(AppError::TooLong("cache_ttl_secs"));
-        }
-        if c.signin_timeout_secs.is_some_and(|t| t > YEAR) {
-            return Err(AppError::TooLong("signin_timeout_secs"));
-        }
-        let rules = c
-            .rules
-            .iter()
-            .map(|r| crate::delivery::rules::Rule::new(r.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let fcm = c
-            .fcm
-            .as_ref()
-            .map(crate::delivery::fcm::Fcm::new)
-            .transpose()?
-            .map(Arc::new);
-        let mailer = c
-            .email
-            .as_ref()
-            .map(crate::delivery::email::Mailer::new)
-            .transpose()?
-            .map(Arc::new);
-        let sms = c
-            .sms
-            .as_ref()
-            .map(crate::delivery::sms::Sms::new)
-            .transpose()?
-            .map(Arc::new);
-        let whatsapp = c
-            .whatsapp
-            .as_ref()
-            .map(crate::delivery::whatsapp::Whatsapp::new)
-            .transpose()?
-            .map(Arc::new);
+        c.validate()?;
         Ok(Self {
-            rules: Arc::new(rules),
-            fcm,
-            mailer,
-            sms,
-            whatsapp,
-            zoho: c
-                .zoho
-                .as_ref()
-                .map(|z| {
-                    z.validate().map_err(AppError::Zoho)?;
-                    Ok::<_, AppError>(Arc::new(crate::delivery::zoho::Zoho::new(&c.id, z)))
-                })
-                .transpose()?,
             webhooks: c.webhooks.clone(),
             subscription_count: c.subscription_count,
             signin_timeout: c.signin_timeout_secs.map(std::time::Duration::from_secs),
@@ -211,17 +109,58 @@ impl App {
     }
 }
 
+/// An app kept in the store (managed through the admin API): its settings and, while a
+/// rotation is open, its previous secret.
+#[derive(Debug, Clone)]
+pub struct StoredApp {
+    pub config: AppConfig,
+    pub previous_secret: Option<String>,
+}
+
+impl StoredApp {
+    pub fn from_row(row: &crate::store::apps::AppRow) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            config: serde_json::from_value(row.settings.clone())?,
+            previous_secret: row.previous_secret.clone(),
+        })
+    }
+
+    pub fn to_row(&self) -> crate::store::apps::AppRow {
+        let mut settings = serde_json::to_value(&self.config).unwrap_or_default();
+        // Serialize leaves the secret out of the settings (so a dump never shows it); the row
+        // keeps it in a column of its own.
+        settings["secret"] = serde_json::Value::String(self.config.secret.clone());
+        crate::store::apps::AppRow {
+            settings,
+            previous_secret: self.previous_secret.clone(),
+        }
+    }
+
+    /// The runtime app: settings validated, both secrets valid while a rotation is open.
+    pub fn to_app(&self) -> Result<App, AppError> {
+        let mut app = App::from_config(&self.config)?;
+        if let Some(prev) = &self.previous_secret {
+            app.secrets.push(Secret::parse(prev)?);
+        }
+        Ok(app)
+    }
+}
+
 #[derive(Default)]
 struct Snapshot {
     by_id: HashMap<AppId, Arc<App>>,
     by_key: HashMap<AppKey, Arc<App>>,
 }
 
+/// Told of every app added or changed (the delivery setups follow the apps this way).
+pub type AppListener = Arc<dyn Fn(&App) + Send + Sync>;
+
 /// Apps by id and key, plus live connection counts per app.
 #[derive(Default)]
 pub struct AppDirectory {
     apps: RwLock<Arc<Snapshot>>,
     connections: Arc<Mutex<HashMap<AppId, u64>>>,
+    listeners: RwLock<Vec<AppListener>>,
 }
 
 impl AppDirectory {
@@ -231,6 +170,14 @@ impl AppDirectory {
             dir.upsert(app);
         }
         dir
+    }
+
+    /// Calls `listener` with every app now, and with every app added or changed from now on.
+    pub fn on_change(&self, listener: AppListener) {
+        for app in self.all() {
+            listener(&app);
+        }
+        self.listeners.write().push(listener);
     }
 
     /// Adds or replaces an app (matched by id).
@@ -245,8 +192,12 @@ impl AppDirectory {
         }
         let app = Arc::new(app);
         next.by_key.insert(app.key.clone(), app.clone());
-        next.by_id.insert(app.id.clone(), app);
+        next.by_id.insert(app.id.clone(), app.clone());
         *guard = Arc::new(next);
+        drop(guard);
+        for listener in self.listeners.read().iter() {
+            listener(&app);
+        }
     }
 
     pub fn by_id(&self, id: &str) -> Option<Arc<App>> {
@@ -283,25 +234,29 @@ impl AppDirectory {
     }
 }
 
-/// A budget that refills at the start of each second.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SecondWindow {
-    second: u64,
-    used: u64,
-}
+impl crate::webhooks::Targets for AppDirectory {
+    fn targets(&self, app_id: &str) -> Vec<WebhookTarget> {
+        self.by_id(app_id)
+            .map(|a| a.webhooks.clone())
+            .unwrap_or_default()
+    }
 
-impl SecondWindow {
-    /// Takes `n` from `second`'s budget of `per_second`; false (taking nothing) when they do
-    /// not fit.
-    pub fn take(&mut self, second: u64, n: u64, per_second: u64) -> bool {
-        if self.second != second {
-            *self = Self { second, used: 0 };
-        }
-        if self.used.saturating_add(n) > per_second {
-            return false;
-        }
-        self.used += n;
-        true
+    fn signing(&self, app_id: &str, url: &str) -> Result<crate::webhooks::Signing, String> {
+        let app = self
+            .by_id(app_id)
+            .ok_or_else(|| format!("app {app_id} no longer exists"))?;
+        // The operator may have removed the target since the batch was made: then it is not
+        // sent (and never signed) again.
+        let target = app
+            .webhooks
+            .iter()
+            .find(|t| t.url == url)
+            .ok_or_else(|| format!("target {url} is no longer configured"))?;
+        Ok(crate::webhooks::Signing {
+            key: app.key.as_str().to_owned(),
+            secret: app.signing_secret().clone(),
+            headers: target.headers.clone(),
+        })
     }
 }
 

@@ -41,25 +41,6 @@ static TAKE_EVENTS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::ne
          return 1",
     )
 });
-/// A provider's gate: its pause (a 429's Retry-After) first, then this second's budget.
-/// Answers how many ms to wait, 0 when the send may go now (and is counted).
-static ADMIT_PROVIDER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "local p = redis.call('PTTL', KEYS[1]) if p > 0 then return -p end \
-         local limit = tonumber(ARGV[1]) if limit == 0 then return 0 end \
-         local t = redis.call('INCR', KEYS[2]) \
-         if t == 1 then redis.call('EXPIRE', KEYS[2], 2) end \
-         if t > limit then redis.call('DECR', KEYS[2]) return tonumber(ARGV[2]) end \
-         return 0",
-    )
-});
-/// Pauses a provider for ARGV[1] ms unless it is already paused for longer.
-static PAUSE_PROVIDER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then \
-         redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end return 1",
-    )
-});
 /// Ops sent in one script call at most.
 const BATCH: usize = 512;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -514,57 +495,6 @@ impl Ledger {
         .await
         .map_err(|_| LedgerError::Unavailable("Redis did not answer in time".into()))??;
         Ok(allowed == 1)
-    }
-}
-
-impl Ledger {
-    /// Asks the cluster-wide gate of `provider` for this app whether one send may go now.
-    pub async fn admit_provider(
-        &self,
-        app: &AppId,
-        provider: &str,
-        per_second: Option<u32>,
-    ) -> Result<crate::delivery::throttle::Gate, LedgerError> {
-        let now = now_ms();
-        let window = self.key(&["pw", app.as_str(), provider, &(now / 1000).to_string()]);
-        let mut conn = self.reader.clone();
-        let wait: i64 = tokio::time::timeout(
-            CALL_TIMEOUT,
-            ADMIT_PROVIDER
-                .key(self.key(&["pp", app.as_str(), provider]))
-                .key(window)
-                .arg(per_second.unwrap_or(0))
-                .arg(1000 - now % 1000)
-                .invoke_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("Redis did not answer in time".into()))??;
-        use crate::delivery::throttle::Gate;
-        Ok(match wait {
-            0 => Gate::Open,
-            w if w < 0 => Gate::Paused(Duration::from_millis(w.unsigned_abs())),
-            w => Gate::Full(Duration::from_millis(w as u64)),
-        })
-    }
-
-    /// Pauses `provider` for this app on every node.
-    pub async fn pause_provider(
-        &self,
-        app: &AppId,
-        provider: &str,
-        pause: Duration,
-    ) -> Result<(), LedgerError> {
-        let mut conn = self.reader.clone();
-        let _: i64 = tokio::time::timeout(
-            CALL_TIMEOUT,
-            PAUSE_PROVIDER
-                .key(self.key(&["pp", app.as_str(), provider]))
-                .arg(pause.as_millis().max(1) as u64)
-                .invoke_async(&mut conn),
-        )
-        .await
-        .map_err(|_| LedgerError::Unavailable("Redis did not answer in time".into()))??;
-        Ok(())
     }
 }
 

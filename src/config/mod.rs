@@ -244,15 +244,15 @@ pub struct AppConfig {
     #[serde(default)]
     pub rules: Vec<crate::delivery::rules::RuleConfig>,
     #[serde(default)]
-    pub fcm: Option<crate::delivery::fcm::FcmConfig>,
+    pub fcm: Option<crate::delivery::provider::fcm::FcmConfig>,
     #[serde(default)]
-    pub email: Option<crate::delivery::email::EmailConfig>,
+    pub email: Option<crate::delivery::provider::email::EmailConfig>,
     #[serde(default)]
-    pub sms: Option<crate::delivery::sms::SmsConfig>,
+    pub sms: Option<crate::delivery::provider::sms::SmsConfig>,
     #[serde(default)]
-    pub whatsapp: Option<crate::delivery::whatsapp::WhatsappConfig>,
+    pub whatsapp: Option<crate::delivery::provider::whatsapp::WhatsappConfig>,
     #[serde(default)]
-    pub zoho: Option<crate::delivery::zoho::ZohoConfig>,
+    pub zoho: Option<crate::delivery::provider::zoho::ZohoConfig>,
     /// Business-event webhooks, signed with Standard Webhooks headers.
     #[serde(default)]
     pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
@@ -323,6 +323,75 @@ impl AppConfig {
             event_webhooks: Vec::new(),
         }
     }
+
+    /// Checks the app without building anything: ids, limits, webhook targets, and the
+    /// delivery part (rules, providers' settings, subscriptions).
+    pub fn validate(&self) -> Result<(), AppError> {
+        bellhop_protocol::AppId::parse(&self.id)?;
+        bellhop_protocol::AppKey::parse(&self.key)?;
+        bellhop_protocol::Secret::parse(&self.secret)?;
+        for (name, v) in [
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_channels_per_trigger", self.max_channels_per_trigger),
+            ("max_batch_size", self.max_batch_size),
+            ("max_presence_members", self.max_presence_members),
+            (
+                "max_presence_user_info_bytes",
+                self.max_presence_user_info_bytes,
+            ),
+            ("max_presence_user_id_len", self.max_presence_user_id_len),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+        ] {
+            if v == 0 {
+                return Err(AppError::ZeroLimit(name));
+            }
+        }
+        for w in &self.webhooks {
+            w.validate()?;
+        }
+        // Durations feed Instant arithmetic, which must not overflow.
+        const YEAR: u64 = 365 * 24 * 3600;
+        if self.cache_ttl_secs > YEAR {
+            return Err(AppError::TooLong("cache_ttl_secs"));
+        }
+        if self.signin_timeout_secs.is_some_and(|t| t > YEAR) {
+            return Err(AppError::TooLong("signin_timeout_secs"));
+        }
+        crate::delivery::setup::validate(&self.delivery())?;
+        Ok(())
+    }
+
+    /// The delivery part of the app: what its delivery setup is built from.
+    pub fn delivery(&self) -> crate::delivery::setup::DeliveryConfig {
+        crate::delivery::setup::DeliveryConfig {
+            app_id: self.id.clone(),
+            rules: self.rules.clone(),
+            fcm: self.fcm.clone(),
+            email: self.email.clone(),
+            sms: self.sms.clone(),
+            whatsapp: self.whatsapp.clone(),
+            zoho: self.zoho.clone(),
+            event_webhooks: self.event_webhooks.clone(),
+        }
+    }
+}
+
+/// Why an app's settings are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Id(#[from] bellhop_protocol::IdError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhooks::TargetError),
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+    #[error("{0} must be at most a year")]
+    TooLong(&'static str),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::setup::SetupError),
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -688,7 +757,7 @@ impl Config {
                 id: app.id.clone(),
                 reason,
             };
-            crate::apps::App::from_config(app).map_err(|e| err(e.to_string()))?;
+            app.validate().map_err(|e| err(e.to_string()))?;
             if !ids.insert(&app.id) {
                 return Err(err("duplicate app id".into()));
             }

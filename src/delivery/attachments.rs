@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::email::File;
+use super::provider::email::File;
 use super::rules::field;
 use super::templates::{render, TemplateError};
 

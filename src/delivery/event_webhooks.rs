@@ -12,11 +12,10 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::apps::AppDirectory;
+use super::setup::Setups;
 use crate::jobs::retry::Schedule;
 use crate::jobs::{Attempt, Claimed, Handler, NewJob, Verdict};
-use crate::store::{now_ms, Store, StoreError};
-use crate::webhooks::sender::send_classified;
+use crate::store::now_ms;
 
 pub const KIND: &str = "event_webhook";
 const EXPIRY_MS: i64 = 24 * 3600 * 1000;
@@ -139,28 +138,16 @@ pub fn jobs_for(
         .collect()
 }
 
-pub async fn enqueue(store: &Store, jobs: &[NewJob]) -> Result<(), StoreError> {
-    for j in jobs {
-        store.enqueue(j).await?;
-    }
-    Ok(())
-}
-
 pub struct EventWebhookSender {
-    apps: Arc<AppDirectory>,
+    setups: Arc<Setups>,
     http: reqwest::Client,
 }
 
 impl EventWebhookSender {
-    pub fn new(apps: Arc<AppDirectory>, timeout: Duration) -> Self {
+    pub fn new(setups: Arc<Setups>, timeout: Duration) -> Self {
         Self {
-            apps,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                // unwrap: a client with these options always builds.
-                .unwrap(),
+            setups,
+            http: crate::outbound::client(timeout),
         }
     }
 
@@ -173,12 +160,11 @@ impl EventWebhookSender {
         let Ok(p) = serde_json::from_str::<Payload>(&job.payload) else {
             return permanent("malformed event webhook job".into());
         };
-        let Some(app) = self.apps.by_id(&job.app_id) else {
+        let Some(setup) = self.setups.of(&job.app_id) else {
             return permanent(format!("app {} no longer exists", job.app_id));
         };
         // Signed with the subscription's current secret; a removed subscription gets nothing.
-        let Some(key) = app
-            .config
+        let Some(key) = setup
             .event_webhooks
             .iter()
             .find(|s| s.url == p.url)
@@ -188,15 +174,12 @@ impl EventWebhookSender {
         };
         let ts = now_ms() / 1000;
         let signature = sign_standard_webhook(&key, &p.id, ts, p.body.as_bytes());
-        let req = self
-            .http
-            .post(&p.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &p.id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
-            .body(p.body);
-        send_classified(req).await
+        let headers = vec![
+            ("webhook-id".to_owned(), p.id.clone()),
+            ("webhook-timestamp".to_owned(), ts.to_string()),
+            ("webhook-signature".to_owned(), signature),
+        ];
+        crate::webhooks::post::post(&self.http, &p.url, p.body, headers).await
     }
 }
 

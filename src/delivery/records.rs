@@ -349,17 +349,23 @@ impl Store {
     // ----- notifications and deliveries -----
 
     /// Accepts notifications: each with the deliveries whose idempotency key is new, and one
-    /// job per delivery, in one transaction. A notification whose every delivery was accepted
+    /// job per delivery, with `jobs` (business webhooks of the same events, deduplicated by
+    /// their keys), in one transaction. A notification whose every delivery was accepted
     /// before is not written again. Returns the new delivery ids.
     pub async fn accept_notifications(
         &self,
         notes: &[NewNotification],
+        jobs: &[NewJob],
     ) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
         let mut accepted = Vec::new();
         let mut tx = self.pool.begin().await?;
         // Every statement here writes, the first one included: on SQLite a transaction that
         // read first could not upgrade to a write once another writer committed.
+        let mut any_job = false;
+        for job in jobs {
+            any_job |= enqueue_in(&mut tx, job).await?.is_some();
+        }
         for n in notes {
             let note_id: i64 = sqlx::query(
                 "INSERT INTO notifications (app_id, user_id, address, type, priority, rule, source, \
@@ -454,7 +460,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        if !accepted.is_empty() {
+        if !accepted.is_empty() || any_job {
             self.wake_workers().await;
         }
         Ok(accepted)

@@ -38,6 +38,18 @@ impl ChannelKind {
             Self::Zoho => "zoho",
         }
     }
+
+    /// Its name in messages to people ("the app has no SMS configured").
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InApp => "inbox",
+            Self::Fcm => "FCM",
+            Self::Email => "email",
+            Self::Sms => "SMS",
+            Self::Whatsapp => "WhatsApp",
+            Self::Zoho => "Zoho",
+        }
+    }
 }
 
 /// When a channel of a rule is used.
@@ -121,10 +133,10 @@ pub struct Deliver {
     /// WhatsApp: an approved template (needed outside the 24-hour window); without it the
     /// `body` goes as free-form text.
     #[serde(default)]
-    pub whatsapp_template: Option<super::whatsapp::TemplateSpec>,
+    pub whatsapp_template: Option<super::provider::whatsapp::TemplateSpec>,
     /// Zoho CRM: the contact's and the deal's fields (templates).
     #[serde(default)]
-    pub zoho: Option<super::zoho::ZohoSpec>,
+    pub zoho: Option<super::provider::zoho::ZohoSpec>,
 }
 
 impl Deliver {

@@ -7,11 +7,11 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::apps::App;
+use crate::apps::StoredApp;
 use crate::config::AppConfig;
 use crate::connection::CloseRequest;
 use crate::http::ApiError;
 use crate::state::ServerState;
-use crate::store::apps::StoredApp;
 use crate::webhooks::WEBHOOK_EXPIRY;
 
 fn authorize(state: &ServerState, req: &HttpRequest) -> Result<(), ApiError> {
@@ -212,15 +212,20 @@ async fn save(state: &ServerState, stored: StoredApp) -> Result<App, ApiError> {
             )));
         }
     }
-    state.store.save_app(&stored).await.map_err(store_error)?;
+    state
+        .store
+        .save_app(&stored.to_row())
+        .await
+        .map_err(store_error)?;
     state.apps.upsert(app.clone());
     Ok(app)
 }
 
 /// The stored form of a live app (config-file apps become stored on their first change).
 async fn current(state: &ServerState, id: &str) -> Result<StoredApp, ApiError> {
-    if let Some(stored) = state.store.stored_app(id).await.map_err(store_error)? {
-        return Ok(stored);
+    if let Some(row) = state.store.stored_app(id).await.map_err(store_error)? {
+        return StoredApp::from_row(&row)
+            .map_err(|e| ApiError::Unavailable(format!("stored app {id} is unreadable: {e}")));
     }
     let app = state
         .apps

@@ -1,33 +1,29 @@
 //! Apps managed at run time through the admin API. A row holds the id, key, current and
 //! previous secret (both verify during a rotation), and the other settings as JSON in the
-//! shape of the config file's `[[apps]]` entries.
+//! shape of the config file's `[[apps]]` entries; what they mean is the apps module's
+//! business, not the store's.
 
 use serde_json::Value;
 use sqlx::Row;
 
 use super::{now_ms, Store, StoreError};
-use crate::apps::App;
-use crate::config::AppConfig;
 
-/// A stored app as the server runs it.
-pub struct StoredApp {
-    pub config: AppConfig,
+/// A stored app's row: its `[[apps]]` entry as JSON (id, key, secret and enabled included),
+/// and the previous secret while a rotation is open.
+#[derive(Debug, Clone)]
+pub struct AppRow {
+    pub settings: Value,
     pub previous_secret: Option<String>,
 }
 
-impl StoredApp {
-    /// The runtime app: settings validated, both secrets valid while a rotation is open.
-    pub fn to_app(&self) -> Result<App, crate::apps::AppError> {
-        let mut app = App::from_config(&self.config)?;
-        if let Some(prev) = &self.previous_secret {
-            app.secrets.push(bellhop_protocol::Secret::parse(prev)?);
-        }
-        Ok(app)
+impl AppRow {
+    pub fn id(&self) -> &str {
+        self.settings["id"].as_str().unwrap_or("")
     }
 }
 
 impl Store {
-    pub async fn stored_apps(&self) -> Result<Vec<StoredApp>, StoreError> {
+    pub async fn stored_apps(&self) -> Result<Vec<AppRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, app_key, secret, previous_secret, enabled, settings FROM apps ORDER BY id",
         )
@@ -42,12 +38,10 @@ impl Store {
                 }
                 v["id"] = Value::String(r.try_get("id")?);
                 v["key"] = Value::String(r.try_get("app_key")?);
+                v["secret"] = Value::String(r.try_get("secret")?);
                 v["enabled"] = Value::Bool(r.try_get::<i64, _>("enabled")? != 0);
-                let mut config: AppConfig =
-                    serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                config.secret = r.try_get("secret")?;
-                Ok(StoredApp {
-                    config,
+                Ok(AppRow {
+                    settings: v,
                     previous_secret: r.try_get("previous_secret")?,
                 })
             })
@@ -55,30 +49,27 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    pub async fn stored_app(&self, id: &str) -> Result<Option<StoredApp>, StoreError> {
-        Ok(self
-            .stored_apps()
-            .await?
-            .into_iter()
-            .find(|a| a.config.id == id))
+    pub async fn stored_app(&self, id: &str) -> Result<Option<AppRow>, StoreError> {
+        Ok(self.stored_apps().await?.into_iter().find(|a| a.id() == id))
     }
 
     /// Inserts or replaces an app's row (settings, key and secrets).
-    pub async fn save_app(&self, app: &StoredApp) -> Result<(), StoreError> {
+    pub async fn save_app(&self, app: &AppRow) -> Result<(), StoreError> {
         let now = now_ms();
-        let settings = serde_json::to_string(&app.config).unwrap_or_else(|_| "{}".into());
+        let s = &app.settings;
+        let text = |k: &str| s[k].as_str().unwrap_or("").to_owned();
         sqlx::query(
             "INSERT INTO apps (id, app_key, secret, previous_secret, enabled, settings, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
              ON CONFLICT (id) DO UPDATE SET app_key = $2, secret = $3, previous_secret = $4, \
              enabled = $5, settings = $6, updated_at = $7",
         )
-        .bind(&app.config.id)
-        .bind(&app.config.key)
-        .bind(&app.config.secret)
+        .bind(text("id"))
+        .bind(text("key"))
+        .bind(text("secret"))
         .bind(app.previous_secret.as_deref())
-        .bind(i64::from(app.config.enabled))
-        .bind(settings)
+        .bind(i64::from(s["enabled"].as_bool().unwrap_or(true)))
+        .bind(s.to_string())
         .bind(now)
         .execute(&self.pool)
         .await?;

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::event::{Observed, WebhookEvent};
 use super::log::{DueEvent, LogEntry, Pair};
-use crate::apps::AppDirectory;
+use super::sender::Targets;
 use crate::jobs::NewJob;
 use crate::store::{now_ms, Store};
 
@@ -31,7 +31,7 @@ const MAX_UNWRITTEN: usize = 100_000;
 
 /// The actor: the address every observer sends to. It only classifies and queues.
 pub struct WebhookBatcher {
-    apps: Arc<AppDirectory>,
+    apps: Arc<dyn Targets>,
     delay: Duration,
     log: mpsc::UnboundedSender<LogEntry>,
 }
@@ -40,7 +40,7 @@ impl WebhookBatcher {
     /// Starts the log writer; `clustered`: the ledger pairs leaves and joins cluster-wide,
     /// so nothing is paired or held here.
     pub fn new(
-        apps: Arc<AppDirectory>,
+        apps: Arc<dyn Targets>,
         store: Store,
         delay: Duration,
         flush_every: Duration,
@@ -58,12 +58,12 @@ impl WebhookBatcher {
     }
 
     fn entry(&self, msg: Observed) -> Option<LogEntry> {
-        let app = self.apps.by_id(msg.app.as_str())?;
-        if app.webhooks.is_empty() {
+        let targets = self.apps.targets(msg.app.as_str());
+        if targets.is_empty() {
             return None;
         }
         let kind = msg.event.kind();
-        let wanted = app.webhooks.iter().any(|t| t.wants(kind));
+        let wanted = targets.iter().any(|t| t.wants(kind));
         let pair =
             (!msg.settled)
                 .then(|| msg.event.pair())
@@ -125,7 +125,7 @@ impl Handler<Observed> for WebhookBatcher {
 
 /// The one writer of the webhook log.
 struct LogWriter {
-    apps: Arc<AppDirectory>,
+    apps: Arc<dyn Targets>,
     store: Store,
     delay: Duration,
     /// Observed, not yet committed (the store refused them): retried in order.
@@ -202,7 +202,7 @@ impl LogWriter {
         loop {
             let taken = self
                 .store
-                .flush_webhooks(FLUSH_LIMIT, |due| jobs_for(&self.apps, due))
+                .flush_webhooks(FLUSH_LIMIT, |due| jobs_for(&*self.apps, due))
                 .await?;
             if taken < FLUSH_LIMIT as usize {
                 return Ok(());
@@ -231,8 +231,9 @@ impl LogWriter {
             let event = WebhookEvent::closing(channel.clone(), user_id.clone());
             let wanted = self
                 .apps
-                .by_id(&app_id)
-                .is_some_and(|a| a.webhooks.iter().any(|t| t.wants(event.kind())));
+                .targets(&app_id)
+                .iter()
+                .any(|t| t.wants(event.kind()));
             let pair = Pair {
                 channel,
                 user_id,
@@ -246,7 +247,7 @@ impl LogWriter {
 }
 
 /// One job per (app, target) with the events that target wants, in the order observed.
-fn jobs_for(apps: &AppDirectory, due: Vec<DueEvent>) -> Vec<NewJob> {
+fn jobs_for(apps: &dyn Targets, due: Vec<DueEvent>) -> Vec<NewJob> {
     let now = now_ms();
     let mut by_app: Vec<(String, Vec<DueEvent>)> = Vec::new();
     for d in due {
@@ -257,10 +258,7 @@ fn jobs_for(apps: &AppDirectory, due: Vec<DueEvent>) -> Vec<NewJob> {
     }
     let mut jobs = Vec::new();
     for (app_id, events) in by_app {
-        let Some(app) = apps.by_id(&app_id) else {
-            continue;
-        };
-        for (i, target) in app.webhooks.iter().enumerate() {
+        for (i, target) in apps.targets(&app_id).iter().enumerate() {
             let wanted: Vec<Value> = events
                 .iter()
                 .filter(|e| target.wants(&e.kind))

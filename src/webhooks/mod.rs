@@ -6,6 +6,7 @@
 mod batcher;
 mod event;
 mod log;
+pub mod post;
 pub(crate) mod sender;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batcher::{WebhookBatcher, WEBHOOK_EXPIRY};
 pub use event::{Observed, WebhookEvent};
-pub use sender::WebhookSender;
+pub use sender::{Signing, Targets, WebhookSender};
 
 pub const KINDS: [&str; 7] = [
     "channel_occupied",

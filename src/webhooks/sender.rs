@@ -10,14 +10,30 @@ use bellhop_protocol::signing;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::apps::AppDirectory;
 use crate::jobs::retry::Schedule;
 use crate::jobs::{Attempt, Claimed, Handler, Verdict};
+
+/// What signing a batch for a target needs, looked up when it is sent: the secret may have
+/// been rotated, the target removed, since the batch was made.
+pub struct Signing {
+    pub key: String,
+    pub secret: bellhop_protocol::Secret,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Where webhooks find an app's targets (the app directory answers).
+pub trait Targets: Send + Sync {
+    /// The app's targets now (none for an unknown app).
+    fn targets(&self, app_id: &str) -> Vec<super::WebhookTarget>;
+
+    /// The signing of `url` for `app_id`, or why there is none any more (permanent).
+    fn signing(&self, app_id: &str, url: &str) -> Result<Signing, String>;
+}
 
 pub const KIND: &str = "webhook";
 
 pub struct WebhookSender {
-    apps: Arc<AppDirectory>,
+    targets: Arc<dyn Targets>,
     http: reqwest::Client,
 }
 
@@ -28,16 +44,10 @@ struct Payload {
 }
 
 impl WebhookSender {
-    pub fn new(apps: Arc<AppDirectory>, timeout: Duration) -> Self {
+    pub fn new(targets: Arc<dyn Targets>, timeout: Duration) -> Self {
         Self {
-            apps,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                // unwrap: a client with these options always builds (rustls, no system config).
-                .unwrap(),
+            targets,
+            http: crate::outbound::client(timeout),
         }
     }
 
@@ -50,96 +60,17 @@ impl WebhookSender {
         let Ok(p) = serde_json::from_str::<Payload>(&job.payload) else {
             return permanent("malformed webhook job payload".into());
         };
-        let Some(app) = self.apps.by_id(&job.app_id) else {
-            return permanent(format!("app {} no longer exists", job.app_id));
+        let signing = match self.targets.signing(&job.app_id, &p.url) {
+            Ok(s) => s,
+            Err(reason) => return permanent(reason),
         };
-        // The operator may have removed the target since the batch was made: then it is not
-        // sent (and never signed) again.
-        let Some(headers) = app
-            .webhooks
-            .iter()
-            .find(|t| t.url == p.url)
-            .map(|t| t.headers.clone())
-        else {
-            return permanent(format!("target {} is no longer configured", p.url));
-        };
-        let signature = signing::sign_webhook(app.signing_secret(), p.body.as_bytes());
-        let mut req = self
-            .http
-            .post(&p.url)
-            .header("Content-Type", "application/json")
-            .header("X-Pusher-Key", app.key.as_str())
-            .header("X-Pusher-Signature", signature)
-            .body(p.body);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        send_classified(req).await
-    }
-}
-
-/// Sends a webhook and classifies the answer: 2xx done; 408, 429, 5xx, timeouts and network
-/// errors retried (honouring `Retry-After`); other 4xx permanent.
-pub(crate) async fn send_classified(req: reqwest::RequestBuilder) -> Attempt {
-    match req.send().await {
-        Err(e) => Attempt {
-            verdict: Verdict::Retry { retry_after: None },
-            http_status: None,
-            detail: if e.is_timeout() {
-                "timed out".into()
-            } else {
-                format!("request failed: {}", without_url(&e))
-            },
-        },
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s.min(3600)));
-            let text = read_prefix(resp, 512).await;
-            let detail = format!("HTTP {status}: {}", truncate(&text, 200));
-            let verdict = match status {
-                200..=299 => Verdict::Done,
-                408 | 429 | 500..=599 => Verdict::Retry { retry_after },
-                _ => Verdict::Permanent,
-            };
-            Attempt {
-                verdict,
-                http_status: Some(status),
-                detail,
-            }
-        }
-    }
-}
-
-fn without_url(e: &reqwest::Error) -> String {
-    // The URL may carry credentials in its query; the kind of failure is what matters.
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<target>");
-    }
-    s
-}
-
-/// At most `limit` bytes of a response body: a receiver cannot make us buffer megabytes.
-async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < limit {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(limit - buf.len())]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+        let signature = signing::sign_webhook(&signing.secret, p.body.as_bytes());
+        let mut headers = vec![
+            ("X-Pusher-Key".to_owned(), signing.key),
+            ("X-Pusher-Signature".to_owned(), signature),
+        ];
+        headers.extend(signing.headers);
+        super::post::post(&self.http, &p.url, p.body, headers).await
     }
 }
 

@@ -165,7 +165,12 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
     take_budget(state, app, frames.len() as u64).await?;
     // Notifications the rules make of these events are accepted (committed) first: a 200
     // means they will be delivered, and a store failure publishes nothing.
-    if !app.rules.is_empty() || !app.config.event_webhooks.is_empty() {
+    let reacts = state
+        .delivery
+        .setups
+        .of(app.id.as_str())
+        .is_some_and(|s| s.reacts_to_events());
+    if reacts {
         let triggered: Vec<Triggered<'_>> = events
             .iter()
             .flat_map(|e| {
@@ -178,7 +183,7 @@ async fn publish(state: &ServerState, app: &App, events: &[Event]) -> Result<(),
             .collect();
         state
             .delivery
-            .accept_events(app, &triggered)
+            .accept_events(&app.id, &triggered)
             .await
             .map_err(|e| {
                 tracing::warn!(app_id = %app.id, error = %e, "trigger refused: notifications could not be accepted");

@@ -82,7 +82,7 @@ pub(crate) async fn read(
         .await
         .map_err(store_err)?;
     if changed > 0 {
-        state.delivery.push_unread(app, user, unread).await;
+        state.delivery.push_unread(app.as_str(), user, unread).await;
     }
     Ok(json!({ "changed": changed, "unread_count": unread }))
 }
@@ -107,7 +107,7 @@ pub(crate) async fn remove(
         .unread_count(id, user)
         .await
         .map_err(store_err)?;
-    state.delivery.push_unread(app, user, unread).await;
+    state.delivery.push_unread(app.as_str(), user, unread).await;
     Ok(json!({ "unread_count": unread }))
 }
 

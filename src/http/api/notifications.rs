@@ -125,7 +125,7 @@ pub async fn notify(
             .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
         send_at: body.send_at,
     };
-    let accepted = match state.delivery.accept_direct(&signed.app, direct).await {
+    let accepted = match state.delivery.accept_direct(&signed.app.id, direct).await {
         Ok(ids) => ids,
         Err(e) => {
             if let Some(k) = &key {

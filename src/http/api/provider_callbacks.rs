@@ -9,7 +9,7 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::apps::App;
-use crate::delivery::{sms, whatsapp};
+use crate::delivery::provider::{sms, whatsapp};
 use crate::http::ApiError;
 use crate::state::ServerState;
 

@@ -290,7 +290,9 @@ impl Zoho {
     pub fn new(app_id: &str, config: &ZohoConfig) -> Self {
         Self {
             config: config.clone(),
-            http: super::sms::provider_client(config.timeout_secs),
+            http: crate::outbound::client(std::time::Duration::from_secs(
+                config.timeout_secs.max(1),
+            )),
             token: TokenCache::new(app_id, config),
         }
     }
@@ -330,7 +332,7 @@ impl Zoho {
                 })
             })?;
             let status = resp.status().as_u16();
-            let after = super::sms::retry_after(resp.headers());
+            let after = crate::outbound::retry_after(resp.headers());
             let body: Value = resp.json().await.unwrap_or(Value::Null);
             if status == 401 {
                 self.token.refused(store, &token.token).await;
@@ -376,5 +378,108 @@ fn message(body: &Value) -> String {
 impl Zoho {
     pub fn deal_reference_field(&self) -> &str {
         &self.config.deal_reference_field
+    }
+}
+
+/// A `channel = 'zoho'` entry: the contact (and deal) upserted and the invoice paid, each step
+/// recorded in `zoho_sync_logs` and summed up on the delivery.
+impl crate::delivery::provider::Provider for Zoho {
+    fn name(&self) -> &'static str {
+        "zoho"
+    }
+
+    fn send<'a>(
+        &'a self,
+        m: &'a crate::delivery::provider::Message<'a>,
+        services: &'a crate::delivery::provider::Services<'a>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<crate::delivery::provider::Outcome, crate::store::StoreError>,
+    > {
+        use crate::delivery::provider::Outcome;
+        use crate::delivery::templates::{render, TemplateError};
+        Box::pin(async move {
+            let Some(z) = &m.spec.zoho else {
+                return Ok(Outcome::Permanent(
+                    "a zoho entry needs zoho = { contact = …, invoice = … }".into(),
+                ));
+            };
+            let fields = |m2: &std::collections::BTreeMap<String, String>| {
+                let mut out = serde_json::Map::new();
+                for (k, t) in m2 {
+                    let v = render("zoho", t, m.vars, false)?;
+                    out.insert(k.clone(), serde_json::Value::String(v));
+                }
+                Ok::<_, TemplateError>(out)
+            };
+            let booking = match &z.contact {
+                Some(contact) => {
+                    let contact = fields(contact);
+                    let deal = z.deal.as_ref().map(fields).transpose();
+                    match (contact, deal) {
+                        (Ok(contact), Ok(deal)) => Some(Booking { contact, deal }),
+                        (Err(e), _) | (_, Err(e)) => return Ok(Outcome::Permanent(e.to_string())),
+                    }
+                }
+                None => None,
+            };
+            let invoice = match &z.invoice {
+                Some(i) => match i.render(|t| render("zoho.invoice", t, m.vars, false)) {
+                    Ok(i) => Some(i),
+                    Err(e) => return Ok(Outcome::Permanent(e)),
+                },
+                None => None,
+            };
+            let reference = invoice.as_ref().map(|i| i.reference.clone()).or_else(|| {
+                booking.as_ref().and_then(|b| {
+                    b.deal.as_ref()?[self.deal_reference_field()]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+            });
+            let result = self.sync(services.store, booking, invoice).await;
+            let logs: Vec<_> = result
+                .records()
+                .iter()
+                .map(|r| crate::store::provider_state::NewSyncLog {
+                    delivery_id: m.row.id,
+                    reference: reference.as_deref(),
+                    operation: r.operation,
+                    entity: r.entity,
+                    remote_id: r.remote_id.as_deref(),
+                    status: r.status,
+                    error: r.error.as_deref(),
+                })
+                .collect();
+            services.store.add_sync_logs(&m.row.app_id, &logs).await?;
+            let log = |records: &[SyncRecord]| {
+                records
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            Ok(match result {
+                ZohoResult::Done(records) => Outcome::Sent {
+                    detail: log(&records),
+                    provider_id: None,
+                },
+                ZohoResult::Retry {
+                    after,
+                    reason,
+                    records,
+                } => Outcome::Retry {
+                    after,
+                    reason: format!("{reason}; {}", log(&records)),
+                },
+                ZohoResult::Rejected { reason, records } => {
+                    Outcome::Permanent(format!("{reason}; {}", log(&records)))
+                }
+            })
+        })
+    }
+
+    fn max_per_second(&self) -> Option<u32> {
+        Zoho::max_per_second(self)
     }
 }

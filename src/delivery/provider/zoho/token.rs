@@ -39,7 +39,11 @@ impl TokenCache {
             client_secret: c.client_secret.clone(),
             token_url: format!(
                 "{}/oauth/v2/token",
-                crate::delivery::sms::base_url(c.accounts_url.as_deref(), ACCOUNTS)
+                c.accounts_url
+                    .as_deref()
+                    .unwrap_or(ACCOUNTS)
+                    .trim_end_matches('/')
+                    .to_owned()
             ),
             local: Mutex::new(None),
         }

@@ -43,6 +43,28 @@ pub struct FcmConfig {
     pub base_url: Option<String>,
 }
 
+impl FcmConfig {
+    /// The service account and its signing key, read from the key file.
+    fn load(&self) -> Result<(ServiceAccount, jsonwebtoken::EncodingKey), FcmSetupError> {
+        let read_err = |reason: String| FcmSetupError::Read {
+            path: self.service_account_file.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&self.service_account_file)
+            .map_err(|e| read_err(e.to_string()))?;
+        let account: ServiceAccount =
+            serde_json::from_str(&text).map_err(|e| read_err(e.to_string()))?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(account.private_key.as_bytes())
+            .map_err(|_| FcmSetupError::Key)?;
+        Ok((account, key))
+    }
+
+    /// The key file can be read and holds an RSA key (nothing is sent anywhere).
+    pub fn validate(&self) -> Result<(), FcmSetupError> {
+        self.load().map(drop)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FcmSetupError {
     #[error("cannot read the FCM service account {path}: {reason}")]
@@ -109,14 +131,6 @@ struct Claims<'a> {
     exp: u64,
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(3600)))
-}
-
 /// FCM error bodies: `{"error": {"code", "status", "message", "details": [{"errorCode"}]}}`.
 fn classify(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> SendResult {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
@@ -144,7 +158,7 @@ fn classify(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> Se
             SendResult::TokenGone(reason)
         }
         (429, _) | (_, "QUOTA_EXCEEDED") => SendResult::Retry {
-            after: retry_after(headers),
+            after: crate::outbound::retry_after(headers),
             reason,
         },
         (401, _) | (403, "THIRD_PARTY_AUTH_ERROR") => SendResult::Retry {
@@ -152,7 +166,7 @@ fn classify(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> Se
             reason,
         },
         (500..=599, _) => SendResult::Retry {
-            after: retry_after(headers),
+            after: crate::outbound::retry_after(headers),
             reason,
         },
         _ => SendResult::Rejected(reason),
@@ -186,16 +200,7 @@ pub fn message(token: &str, push: &Push) -> Value {
 
 impl Fcm {
     pub fn new(config: &FcmConfig) -> Result<Self, FcmSetupError> {
-        let read_err = |reason: String| FcmSetupError::Read {
-            path: config.service_account_file.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(&config.service_account_file)
-            .map_err(|e| read_err(e.to_string()))?;
-        let account: ServiceAccount =
-            serde_json::from_str(&text).map_err(|e| read_err(e.to_string()))?;
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(account.private_key.as_bytes())
-            .map_err(|_| FcmSetupError::Key)?;
+        let (account, key) = config.load()?;
         Ok(Self {
             base: config
                 .base_url
@@ -303,6 +308,84 @@ impl Fcm {
             *self.token.lock().await = None;
         }
         classify(status, &headers, &body)
+    }
+}
+
+/// A push goes to each of the user's active devices once: the devices reached are kept on
+/// the delivery at once (a job run again after a crash or an expired lease skips them), a
+/// device whose token is gone is deactivated, and the push counts as sent if any device got it.
+impl crate::delivery::provider::Provider for Fcm {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    fn send<'a>(
+        &'a self,
+        m: &'a crate::delivery::provider::Message<'a>,
+        services: &'a crate::delivery::provider::Services<'a>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<crate::delivery::provider::Outcome, crate::store::StoreError>,
+    > {
+        use crate::delivery::provider::Outcome;
+        Box::pin(async move {
+            let Some(user) = m.user() else {
+                return Ok(Outcome::RecipientGone("push needs a user id".into()));
+            };
+            let row = m.row;
+            let store = services.store;
+            let devices: Vec<_> = store
+                .devices(&row.app_id, user)
+                .await?
+                .into_iter()
+                .filter(|d| d.active)
+                .collect();
+            if devices.is_empty() {
+                return Ok(Outcome::RecipientGone("no device".into()));
+            }
+            let done: Vec<String> = row
+                .provider_id
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok())
+                .unwrap_or_default();
+            let push = Push {
+                title: m.rendered.title.clone(),
+                body: m.rendered.body.clone(),
+                data: m.rendered.data.clone(),
+                click_action: m.spec.click_action.clone(),
+                collapse_key: m.spec.collapse_key.clone(),
+            };
+            let mut sent = done.clone();
+            let (mut retry, mut rejected, mut gone) = (None, None, 0);
+            for d in devices.iter().filter(|d| !done.contains(&d.token)) {
+                match Fcm::send(self, &d.token, &push).await {
+                    SendResult::Sent(_) => {
+                        sent.push(d.token.clone());
+                        let acked = serde_json::to_string(&sent).unwrap_or_default();
+                        store
+                            .set_delivery_state(row.id, "pending", None, Some(&acked))
+                            .await?;
+                    }
+                    SendResult::TokenGone(reason) => {
+                        gone += 1;
+                        store
+                            .deactivate_device(&row.app_id, &d.token, &reason)
+                            .await?;
+                    }
+                    SendResult::Retry { after, reason } => retry = Some((after, reason)),
+                    SendResult::Rejected(reason) => rejected = Some(reason),
+                }
+            }
+            Ok(match (retry, rejected) {
+                (Some((after, reason)), _) => Outcome::Retry { after, reason },
+                (None, Some(reason)) if sent.is_empty() => Outcome::Permanent(reason),
+                _ if !sent.is_empty() => Outcome::Sent {
+                    detail: format!("pushed to {} device(s)", sent.len()),
+                    provider_id: None,
+                },
+                _ => Outcome::RecipientGone(format!("every device token is gone ({gone})")),
+            })
+        })
     }
 }
 

@@ -4,12 +4,18 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
+
+use super::{Message, Outcome, Provider, Services};
+use crate::delivery::attachments;
+use crate::delivery::templates::render;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,15 +94,6 @@ pub struct Mail {
     pub message_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum MailResult {
-    Sent(String),
-    Retry(String),
-    Rejected(String),
-    /// The recipient address cannot be used at all.
-    BadAddress(String),
-}
-
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
@@ -108,6 +105,16 @@ impl std::fmt::Debug for Mailer {
         f.debug_struct("Mailer")
             .field("from", &self.from)
             .finish_non_exhaustive()
+    }
+}
+
+impl EmailConfig {
+    /// The sender must be a mailbox (`Grand Hotel <bookings@grandhotel.example>`).
+    pub fn validate(&self) -> Result<(), EmailSetupError> {
+        self.from
+            .parse::<Mailbox>()
+            .map(drop)
+            .map_err(|_| EmailSetupError::From(self.from.clone()))
     }
 }
 
@@ -148,11 +155,12 @@ impl Mailer {
         })
     }
 
-    pub async fn send(&self, mail: Mail) -> MailResult {
+    /// Sends `mail`: a 4xx answer, a dropped connection or a stall retry; a 5xx is permanent.
+    pub async fn send_mail(&self, mail: Mail) -> Outcome {
         let to: Mailbox = match mail.to.parse() {
             Ok(m) => m,
             Err(_) => {
-                return MailResult::BadAddress(format!("{:?} is not an email address", mail.to))
+                return Outcome::RecipientGone(format!("{:?} is not an email address", mail.to))
             }
         };
         let text = SinglePart::plain(mail.text);
@@ -169,7 +177,7 @@ impl Mailer {
                 let ct = ContentType::parse(&f.content_type).unwrap_or(ContentType::TEXT_PLAIN);
                 m.singlepart(Attachment::new(f.name).body(f.bytes, ct))
             });
-        let message = Message::builder()
+        let message = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject)
@@ -177,20 +185,81 @@ impl Mailer {
             .multipart(body);
         let message = match message {
             Ok(m) => m,
-            Err(e) => return MailResult::Rejected(format!("cannot build the message: {e}")),
+            Err(e) => return Outcome::Permanent(format!("cannot build the message: {e}")),
         };
         // The transport's own timeout covers each command; this covers the whole exchange.
         match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
-            Err(_) => MailResult::Retry(format!(
-                "the SMTP server did not finish within {} s",
-                self.timeout.as_secs()
-            )),
+            Err(_) => Outcome::Retry {
+                after: None,
+                reason: format!(
+                    "the SMTP server did not finish within {} s",
+                    self.timeout.as_secs()
+                ),
+            },
             Ok(Ok(response)) => {
                 let text: Vec<&str> = response.message().collect();
-                MailResult::Sent(format!("{} {}", response.code(), text.join(" ")))
+                Outcome::Sent {
+                    detail: format!("{} {}", response.code(), text.join(" ")),
+                    provider_id: None,
+                }
             }
-            Ok(Err(e)) if e.is_permanent() => MailResult::Rejected(e.to_string()),
-            Ok(Err(e)) => MailResult::Retry(e.to_string()),
+            Ok(Err(e)) if e.is_permanent() => Outcome::Permanent(e.to_string()),
+            Ok(Err(e)) => Outcome::Retry {
+                after: None,
+                reason: e.to_string(),
+            },
         }
+    }
+
+    /// The message for a delivery: the address from the notification or the directory, the
+    /// rendered subject, text and HTML, and the `.ics` and QR attachments the entry asks for.
+    fn mail(&self, m: &Message<'_>) -> Result<Mail, Outcome> {
+        let row = m.row;
+        let to = row
+            .address
+            .clone()
+            .or_else(|| m.profile.and_then(|p| p.email.clone()))
+            .ok_or_else(|| Outcome::RecipientGone("no email address".into()))?;
+        let mut files = Vec::new();
+        if let Some(spec) = &m.spec.attach_ics {
+            let uid = format!("notification-{}@bellhop", row.notification_id);
+            let ics = attachments::ics(spec, m.vars, &uid)
+                .map_err(|e| Outcome::Permanent(e.to_string()))?;
+            files.push(ics);
+        }
+        if let Some(t) = &m.spec.attach_qr {
+            let qr = render("attach_qr", t, m.vars, false)
+                .map_err(attachments::AttachmentError::from)
+                .and_then(|content| attachments::qr_png(&content))
+                .map_err(|e| Outcome::Permanent(e.to_string()))?;
+            files.push(qr);
+        }
+        Ok(Mail {
+            to,
+            subject: m.rendered.subject.clone(),
+            text: m.rendered.body.clone(),
+            html: m.rendered.html.clone(),
+            attachments: files,
+            message_id: format!("<delivery-{}-{}@bellhop>", row.id, row.created_at),
+        })
+    }
+}
+
+impl Provider for Mailer {
+    fn name(&self) -> &'static str {
+        "email"
+    }
+
+    fn send<'a>(
+        &'a self,
+        m: &'a Message<'a>,
+        _: &'a Services<'a>,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        Box::pin(async move {
+            Ok(match self.mail(m) {
+                Ok(mail) => self.send_mail(mail).await,
+                Err(outcome) => outcome,
+            })
+        })
     }
 }
