@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use bellhop::connection::{outbox, Frame, Outbox, OutboxReceiver};
+use bellhop::outbox::{outbox, Frame, Outbox, OutboxReceiver};
 use bellhop_protocol::server;
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

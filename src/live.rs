@@ -12,9 +12,9 @@ use serde_json::Value;
 use crate::channel::messages::Publish;
 use crate::channel::{ChannelKey, ChannelRegistry};
 use crate::cluster::{Body, Envelope, Ledger, SharedBus};
-use crate::connection::Connections;
 use crate::delivery::presence::Presence;
 use crate::delivery::provider::UserSockets;
+use crate::sockets::Connections;
 
 /// Longest user id read back from a store or a rule: a bound, not a rule of Pusher's.
 const MAX_USER_ID: usize = 4096;

@@ -8,7 +8,7 @@ use crate::apps::{AppDirectory, EventBudget};
 use crate::channel::ChannelRegistry;
 use crate::cluster::{Ledger, SharedBus};
 use crate::config::ServerConfig;
-use crate::connection::Connections;
+use crate::sockets::Connections;
 use crate::store::Store;
 use crate::webhooks::Observed;
 

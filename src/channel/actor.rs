@@ -15,8 +15,8 @@ use super::messages::{Joined, ListMembers, Member, Publish, Reconcile, Subscribe
 use super::presence::{Change, Members};
 use super::presence_view::{MemberChange, PresenceView};
 use super::registry::{ChannelCounters, ChannelKey, ChannelRegistry};
-use crate::connection::Outbox;
 use crate::metrics::AppMetrics;
+use crate::outbox::Outbox;
 use crate::webhooks::{Observed, WebhookEvent};
 
 struct Subscriber {
@@ -528,7 +528,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::connection::{outbox, Frame, Next, OutboxReceiver};
+    use crate::outbox::{outbox, Frame, Next, OutboxReceiver};
 
     fn info() -> Box<RawValue> {
         RawValue::from_string("{}".into()).unwrap()

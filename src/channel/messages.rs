@@ -7,7 +7,7 @@ use bellhop_protocol::{SocketId, UserId};
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 
-use crate::connection::Outbox;
+use crate::outbox::Outbox;
 
 /// A presence member as given by a subscription's `channel_data`.
 #[derive(Debug, Clone)]

@@ -6,8 +6,6 @@
 
 pub mod dispatch;
 mod frames;
-mod outbox;
-mod registry;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -24,9 +22,9 @@ use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::{sleep_until, Instant};
 
+pub use crate::outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
+pub use crate::sockets::Connections;
 pub use frames::{FrameError, FrameReader};
-pub use outbox::{outbox, CloseRequest, Frame, Next, Outbox, OutboxReceiver, Overflow};
-pub use registry::Connections;
 pub use writer::Writer;
 
 use crate::apps::{App, ConnectionSlot};

@@ -11,7 +11,7 @@ use actix_web::web::BytesMut;
 use bellhop_protocol::server;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::{CloseRequest, Frame, Next, Outbox, OutboxReceiver};
+use crate::outbox::{CloseRequest, Frame, Next, Outbox, OutboxReceiver};
 
 pub struct Writer {
     rx: OutboxReceiver,

@@ -8,7 +8,7 @@ use bellhop_protocol::{server, AppId, SocketId, UserId};
 use bytestring::ByteString;
 use parking_lot::Mutex;
 
-use super::outbox::{CloseRequest, Outbox};
+use crate::outbox::{CloseRequest, Outbox};
 
 #[derive(Default)]
 pub struct Connections {

@@ -4,18 +4,16 @@
 //! POSTed signed with Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`), retried with back-off on 408, 429, 5xx and network errors.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use bellhop_protocol::signing::{sign_standard_webhook, standard_webhook_key};
-use futures_util::future::BoxFuture;
+use bellhop_protocol::signing::standard_webhook_key;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::setup::Setups;
-use crate::jobs::retry::Schedule;
-use crate::jobs::{Attempt, Claimed, Handler, NewJob, Verdict};
+use crate::jobs::NewJob;
 use crate::store::now_ms;
+
+mod sender;
+
+pub use sender::EventWebhookSender;
 
 pub const KIND: &str = "event_webhook";
 const EXPIRY_MS: i64 = 24 * 3600 * 1000;
@@ -94,6 +92,7 @@ fn glob(parts: &[&str], s: &str) -> bool {
     }
 }
 
+/// A job's payload: where it goes, its stable id, its body.
 #[derive(Serialize, Deserialize)]
 struct Payload {
     url: String,
@@ -136,65 +135,6 @@ pub fn jobs_for(
             }
         })
         .collect()
-}
-
-pub struct EventWebhookSender {
-    setups: Arc<Setups>,
-    http: reqwest::Client,
-}
-
-impl EventWebhookSender {
-    pub fn new(setups: Arc<Setups>, timeout: Duration) -> Self {
-        Self {
-            setups,
-            http: crate::outbound::client(timeout),
-        }
-    }
-
-    async fn send(&self, job: &Claimed) -> Attempt {
-        let permanent = |detail: String| Attempt {
-            verdict: Verdict::Permanent,
-            http_status: None,
-            detail,
-        };
-        let Ok(p) = serde_json::from_str::<Payload>(&job.payload) else {
-            return permanent("malformed event webhook job".into());
-        };
-        let Some(setup) = self.setups.of(&job.app_id) else {
-            return permanent(format!("app {} no longer exists", job.app_id));
-        };
-        // Signed with the subscription's current secret; a removed subscription gets nothing.
-        let Some(key) = setup
-            .event_webhooks
-            .iter()
-            .find(|s| s.url == p.url)
-            .and_then(|s| standard_webhook_key(&s.secret))
-        else {
-            return permanent(format!("subscription {} is no longer configured", p.url));
-        };
-        let ts = now_ms() / 1000;
-        let signature = sign_standard_webhook(&key, &p.id, ts, p.body.as_bytes());
-        let headers = vec![
-            ("webhook-id".to_owned(), p.id.clone()),
-            ("webhook-timestamp".to_owned(), ts.to_string()),
-            ("webhook-signature".to_owned(), signature),
-        ];
-        crate::webhooks::post::post(&self.http, &p.url, p.body, headers).await
-    }
-}
-
-impl Handler for EventWebhookSender {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn schedule(&self) -> Schedule {
-        Schedule::WEBHOOK
-    }
-
-    fn run<'a>(&'a self, job: &'a Claimed) -> BoxFuture<'a, Attempt> {
-        Box::pin(self.send(job))
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! A connection's bounded outgoing queue. Channel actors and the connection's own reader push
-//! frames into it without waiting; the socket's [`super::writer::Writer`] drains it in
+//! frames into it without waiting; the socket's writer (`connection::Writer`) drains it in
 //! batches, so frames queued together leave in one write. When the queue is full the
 //! connection is marked to close with 4100 (reconnect after a back-off) instead of slowing
 //! the channel down.
