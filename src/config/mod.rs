@@ -253,6 +253,9 @@ pub struct AppConfig {
     pub whatsapp: Option<crate::delivery::provider::whatsapp::WhatsappConfig>,
     #[serde(default)]
     pub zoho: Option<crate::delivery::provider::zoho::ZohoConfig>,
+    /// Web Push to browsers: the VAPID key and subject.
+    #[serde(default)]
+    pub web_push: Option<crate::delivery::provider::web_push::WebPushConfig>,
     /// Business-event webhooks, signed with Standard Webhooks headers.
     #[serde(default)]
     pub event_webhooks: Vec<crate::delivery::event_webhooks::Subscription>,
@@ -320,6 +323,7 @@ impl AppConfig {
             sms: None,
             whatsapp: None,
             zoho: None,
+            web_push: None,
             event_webhooks: Vec::new(),
         }
     }
@@ -374,6 +378,7 @@ impl AppConfig {
             sms: self.sms.clone(),
             whatsapp: self.whatsapp.clone(),
             zoho: self.zoho.clone(),
+            web_push: self.web_push.clone(),
             event_webhooks: self.event_webhooks.clone(),
         }
     }

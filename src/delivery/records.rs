@@ -45,6 +45,9 @@ pub struct Profile {
     pub quiet_hours: Option<super::preferences::QuietHours>,
 }
 
+/// The platform of a Web Push subscription (its token is the push service's endpoint).
+pub const WEB_PUSH: &str = "webpush";
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Device {
     pub token: String,
@@ -53,6 +56,9 @@ pub struct Device {
     pub active: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deactivated_reason: Option<String>,
+    /// Web Push: the browser's keys (`{"p256dh", "auth"}`), never shown.
+    #[serde(skip)]
+    pub push_keys: Option<String>,
 }
 
 /// One delivery to accept with its notification.
@@ -271,23 +277,28 @@ impl Store {
 
     /// Registers a device token for `user`; a token already registered (to anyone) moves to
     /// this user and becomes active again.
+    /// A device for the user (a token registered again moves to them). `push_keys`: a Web
+    /// Push subscription's browser keys.
     pub async fn register_device(
         &self,
         app: &str,
         user: &str,
         token: &str,
         platform: &str,
+        push_keys: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO devices (app_id, token, user_id, platform, active, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 1, $5, $5) ON CONFLICT (app_id, token) DO UPDATE SET \
-             user_id = $3, platform = $4, active = 1, deactivated_reason = NULL, updated_at = $5",
+            "INSERT INTO devices (app_id, token, user_id, platform, active, created_at, updated_at, push_keys) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5, $6) ON CONFLICT (app_id, token) DO UPDATE SET \
+             user_id = $3, platform = $4, active = 1, deactivated_reason = NULL, updated_at = $5, \
+             push_keys = $6",
         )
         .bind(app)
         .bind(token)
         .bind(user)
         .bind(platform)
         .bind(now_ms())
+        .bind(push_keys)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -295,7 +306,7 @@ impl Store {
 
     pub async fn devices(&self, app: &str, user: &str) -> Result<Vec<Device>, StoreError> {
         let rows = sqlx::query(
-            "SELECT token, user_id, platform, active, deactivated_reason FROM devices \
+            "SELECT token, user_id, platform, active, deactivated_reason, push_keys FROM devices \
              WHERE app_id = $1 AND user_id = $2 ORDER BY created_at, token",
         )
         .bind(app)
@@ -310,6 +321,7 @@ impl Store {
                     platform: r.try_get("platform")?,
                     active: r.try_get::<i64, _>("active")? != 0,
                     deactivated_reason: opt(r, "deactivated_reason")?,
+                    push_keys: opt(r, "push_keys")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -25,6 +25,9 @@ pub enum ChannelKind {
     Whatsapp,
     /// Zoho CRM: the contact and the deal of a booking.
     Zoho,
+    /// Web Push (RFC 8030, encrypted per RFC 8291, VAPID per RFC 8292) to the user's
+    /// browsers.
+    WebPush,
 }
 
 impl ChannelKind {
@@ -36,6 +39,7 @@ impl ChannelKind {
             Self::Sms => "sms",
             Self::Whatsapp => "whatsapp",
             Self::Zoho => "zoho",
+            Self::WebPush => "web_push",
         }
     }
 
@@ -48,6 +52,7 @@ impl ChannelKind {
             Self::Sms => "SMS",
             Self::Whatsapp => "WhatsApp",
             Self::Zoho => "Zoho",
+            Self::WebPush => "Web Push",
         }
     }
 }

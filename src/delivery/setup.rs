@@ -13,6 +13,7 @@ use super::provider::email::{EmailConfig, EmailSetupError, Mailer};
 use super::provider::fcm::{Fcm, FcmConfig, FcmSetupError};
 use super::provider::in_app::InApp;
 use super::provider::sms::{Sms, SmsConfig, SmsSetupError};
+use super::provider::web_push::{WebPush, WebPushConfig, WebPushSetupError};
 use super::provider::whatsapp::{Whatsapp, WhatsappConfig, WhatsappSetupError};
 use super::provider::zoho::{Zoho, ZohoConfig};
 use super::provider::Provider;
@@ -28,6 +29,7 @@ pub struct DeliveryConfig {
     pub sms: Option<SmsConfig>,
     pub whatsapp: Option<WhatsappConfig>,
     pub zoho: Option<ZohoConfig>,
+    pub web_push: Option<WebPushConfig>,
     pub event_webhooks: Vec<Subscription>,
 }
 
@@ -45,6 +47,8 @@ pub enum SetupError {
     Whatsapp(#[from] WhatsappSetupError),
     #[error("{0}")]
     Zoho(String),
+    #[error(transparent)]
+    WebPush(#[from] WebPushSetupError),
     #[error(transparent)]
     EventWebhook(#[from] SubscriptionError),
 }
@@ -70,6 +74,9 @@ pub fn validate(c: &DeliveryConfig) -> Result<(), SetupError> {
     if let Some(e) = &c.email {
         e.validate()?;
     }
+    if let Some(w) = &c.web_push {
+        w.validate()?;
+    }
     for s in &c.event_webhooks {
         s.validate()?;
     }
@@ -81,6 +88,8 @@ pub struct Setup {
     pub rules: Vec<Rule>,
     pub event_webhooks: Vec<Subscription>,
     providers: HashMap<ChannelKind, Arc<dyn Provider>>,
+    /// Web Push: the key browsers subscribe with (`applicationServerKey`).
+    pub vapid_public_key: Option<String>,
 }
 
 impl Setup {
@@ -108,10 +117,16 @@ impl Setup {
         if let Some(z) = &c.zoho {
             providers.insert(ChannelKind::Zoho, Arc::new(Zoho::new(&c.app_id, z)));
         }
+        let web_push = c.web_push.as_ref().map(WebPush::new).transpose()?;
+        let vapid_public_key = web_push.as_ref().map(|w| w.public_key().to_owned());
+        if let Some(w) = web_push {
+            providers.insert(ChannelKind::WebPush, Arc::new(w));
+        }
         Ok(Self {
             rules,
             event_webhooks: c.event_webhooks.clone(),
             providers,
+            vapid_public_key,
         })
     }
 

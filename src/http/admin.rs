@@ -183,6 +183,7 @@ fn app_json(app: &AppConfig) -> serde_json::Value {
         "/whatsapp/verify_token",
         "/zoho/client_secret",
         "/zoho/refresh_token",
+        "/web_push/vapid_private_key",
     ] {
         if let Some(p) = v.pointer_mut(path).filter(|p| !p.is_null()) {
             *p = MASK.into();

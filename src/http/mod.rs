@@ -69,6 +69,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(api::directory::delete_device),
         )
         .route(
+            "/apps/{app_id}/users/{user_id}/web-push",
+            web::post().to(api::web_push::add),
+        )
+        .route(
             "/apps/{app_id}/zoho/sync_logs",
             web::get().to(api::sync_logs::list),
         )
@@ -111,6 +115,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/client/{key}/inbox/{item}",
             web::delete().to(api::client_inbox::delete),
+        )
+        .route(
+            "/client/{key}/web-push",
+            web::post().to(api::web_push::client_add),
+        )
+        .route(
+            "/client/{key}/web-push",
+            web::delete().to(api::web_push::client_remove),
+        )
+        .route(
+            "/client/{key}/web-push/key",
+            web::get().to(api::web_push::client_key),
         )
         .route(
             "/client/{key}/{tail:.*}",

@@ -10,6 +10,7 @@ mod connection;
 mod delivery;
 mod delivery_booking;
 mod delivery_sms;
+mod delivery_web_push;
 mod delivery_zoho;
 mod examples;
 mod faults;

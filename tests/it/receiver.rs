@@ -15,6 +15,8 @@ pub struct Request {
     /// Lower-cased names.
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// The body's bytes as sent (an encrypted push is not text).
+    pub raw: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +121,14 @@ pub async fn read_request(sock: &mut TcpStream) -> Option<Request> {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+    let raw = buf[head_end..head_end + len].to_vec();
+    let body = String::from_utf8_lossy(&raw).to_string();
     Some(Request {
         method,
         path,
         headers,
         body,
+        raw,
     })
 }
 

@@ -338,7 +338,7 @@ impl crate::delivery::provider::Provider for Fcm {
                 .devices(&row.app_id, user)
                 .await?
                 .into_iter()
-                .filter(|d| d.active)
+                .filter(|d| d.active && d.platform != crate::delivery::records::WEB_PUSH)
                 .collect();
             if devices.is_empty() {
                 return Ok(Outcome::RecipientGone("no device".into()));

@@ -10,6 +10,7 @@ pub mod email;
 pub mod fcm;
 pub mod in_app;
 pub mod sms;
+pub mod web_push;
 pub mod whatsapp;
 pub mod zoho;
 

@@ -23,7 +23,7 @@ struct Claims {
     exp: i64,
 }
 
-fn app_for(state: &ServerState, key: &str) -> Result<std::sync::Arc<App>, ApiError> {
+pub(super) fn app_for(state: &ServerState, key: &str) -> Result<std::sync::Arc<App>, ApiError> {
     let app = state
         .apps
         .by_key(key)
@@ -35,7 +35,7 @@ fn app_for(state: &ServerState, key: &str) -> Result<std::sync::Arc<App>, ApiErr
 }
 
 /// The user the bearer token names, if one of the app's secrets signed it and it is current.
-fn user_of(app: &App, req: &HttpRequest) -> Result<String, ApiError> {
+pub(super) fn user_of(app: &App, req: &HttpRequest) -> Result<String, ApiError> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -89,7 +89,7 @@ fn cors(app: &App, req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
     resp
 }
 
-fn answer(
+pub(super) fn answer(
     app: &App,
     req: &HttpRequest,
     result: Result<serde_json::Value, ApiError>,

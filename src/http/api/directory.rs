@@ -16,7 +16,7 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
     super::store_unavailable(e, "")
 }
 
-fn check_user_id(user: &str) -> Result<(), ApiError> {
+pub(super) fn check_user_id(user: &str) -> Result<(), ApiError> {
     if user.is_empty() || user.len() > 256 {
         return Err(ApiError::BadRequest(
             "user ids are 1 to 256 characters".into(),
@@ -70,10 +70,17 @@ pub async fn get_user(
     let (app_id, user) = path.into_inner();
     let signed = verify(&state, &req, &app_id, payload).await?;
     let app = signed.app.id.as_str();
-    let Some(profile) = state.store.profile(app, &user).await.map_err(store_err)? else {
-        return Err(ApiError::NotFound(format!("no user {user:?}")));
-    };
+    let profile = state.store.profile(app, &user).await.map_err(store_err)?;
     let devices = state.store.devices(app, &user).await.map_err(store_err)?;
+    // Devices registered before (or without) a profile still make a user to look at.
+    let profile = match profile {
+        Some(p) => p,
+        None if !devices.is_empty() => Profile {
+            user_id: user.clone(),
+            ..Profile::default()
+        },
+        None => return Err(ApiError::NotFound(format!("no user {user:?}"))),
+    };
     let mut body = serde_json::to_value(profile).unwrap_or_default();
     body["devices"] = json!(devices);
     Ok(HttpResponse::Ok().json(body))
@@ -146,7 +153,7 @@ pub async fn add_device(
     }
     state
         .store
-        .register_device(signed.app.id.as_str(), &user, &d.token, &d.platform)
+        .register_device(signed.app.id.as_str(), &user, &d.token, &d.platform, None)
         .await
         .map_err(store_err)?;
     Ok(HttpResponse::Ok()

@@ -11,6 +11,7 @@ pub mod provider_callbacks;
 pub mod signed;
 pub mod sync_logs;
 pub mod users;
+pub mod web_push;
 
 /// A store failure as the API answers it (503); `what` says what was not done.
 pub(crate) fn store_unavailable(e: crate::store::StoreError, what: &str) -> crate::http::ApiError {
