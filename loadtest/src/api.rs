@@ -44,14 +44,25 @@ impl Api {
     }
 
     pub async fn post(&self, endpoint: &str, body: String) -> anyhow::Result<()> {
+        self.post_with_key(endpoint, body, "").await
+    }
+
+    /// A POST with an `Idempotency-Key` (none when empty).
+    pub async fn post_with_key(
+        &self,
+        endpoint: &str,
+        body: String,
+        key: &str,
+    ) -> anyhow::Result<()> {
         let url = self.signed_url(endpoint, body.as_bytes());
-        let resp = self
+        let mut req = self
             .http
             .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
+            .header("content-type", "application/json");
+        if !key.is_empty() {
+            req = req.header("Idempotency-Key", key);
+        }
+        let resp = req.body(body).send().await?;
         let status = resp.status();
         if !status.is_success() {
             bail!("{status}: {}", resp.text().await.unwrap_or_default());

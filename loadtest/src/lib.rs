@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod fake_fcm;
 pub mod measure;
 pub mod report;
 pub mod scenario;

@@ -34,6 +34,9 @@ enum Scenario {
     ClientEvents(scenario::client_events::Args),
     /// Users joining and leaving presence channels; member events received vs expected.
     PresenceChurn(scenario::presence_churn::Args),
+    /// Signed triggers that match the server's rules: an inbox item and an FCM push each, to
+    /// a fake FCM in this process; pushes/s, trigger-to-provider latency, lost, duplicated.
+    Notify(scenario::notify::Args),
     /// Connections cycling connect/subscribe/unsubscribe/disconnect at R/s beside idle
     /// ones; the server's RSS sampled to show it stays flat.
     Churn(scenario::churn::Args),
@@ -52,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ClientEvents(a) => scenario::client_events::run(&cli.target, a).await?,
         Scenario::PresenceChurn(a) => scenario::presence_churn::run(&cli.target, a).await?,
         Scenario::Churn(a) => scenario::churn::run(&cli.target, a).await?,
+        Scenario::Notify(a) => scenario::notify::run(&cli.target, a).await?,
     };
     report.add_host_steal(measure::steal_json(
         steal_before,

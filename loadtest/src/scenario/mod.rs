@@ -4,6 +4,7 @@ pub mod churn;
 pub mod client_events;
 pub mod connect;
 pub mod fanout;
+pub mod notify;
 pub mod presence_churn;
 pub mod trigger;
 
