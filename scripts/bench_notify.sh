@@ -5,7 +5,8 @@
 # Postgres, one node and two; then the cost of 50 rules that match nothing on the trigger path,
 # and 10,000 reminders due at once. Prints one JSON line per run; writes
 # docs/notify-benchmarks.md.
-# Usage: scripts/bench_notify.sh [row ...]   (rows: sqlite-1 pg-1 pg-2 rules reminders)
+# Usage: scripts/bench_notify.sh [row ...]
+#   (rows: sqlite-1 sqlite-1k sqlite-full pg-500 pg-1 pg-2 rules reminders reminders-burst)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${BENCH_PORT:-6299}"
@@ -63,6 +64,7 @@ TOML
 
 start() {  # $1: name, $2: port, $3: database URL, $4: redis URL or "", $5: config file
   env BELLHOP_CONFIG="$5" BELLHOP_PORT="$2" BELLHOP_METRICS_PORT=$(( $2 + 3600 )) \
+    BELLHOP_SQLITE_SYNCHRONOUS="${SYNC:-normal}" \
     BELLHOP_DATABASE_URL="$3" BELLHOP_REDIS_URL="$4" BELLHOP_NODE_ID="$1" BELLHOP_WORKERS=1 \
     BELLHOP_JOB_CONCURRENCY=64 BELLHOP_LOG=warn BELLHOP_DATA_DIR="$work/$1" \
     taskset -c 0 "$SERVER" >/dev/null 2>&1 &
@@ -93,6 +95,21 @@ config "" > "$work/notify.toml"
 if wants sqlite-1; then
   start n1 "$PORT" "sqlite://$work/n1.db" "" "$work/notify.toml"
   run_notify "sqlite, 1 node, 500/s" --notifications 10000 --rate 500 --users 500
+  stop_all
+fi
+if wants sqlite-1k; then
+  start n1 "$PORT" "sqlite://$work/n1k.db" "" "$work/notify.toml"
+  run_notify "sqlite, 1 node, 1000/s" --notifications 20000 --rate 1000 --users 500
+  stop_all
+fi
+if wants sqlite-full; then
+  SYNC=full start n1 "$PORT" "sqlite://$work/nfull.db" "" "$work/notify.toml"
+  run_notify "sqlite (synchronous = full), 1 node, 500/s" --notifications 10000 --rate 500 --users 500
+  stop_all
+fi
+if wants pg-500; then
+  start n1 "$PORT" "$(fresh_pg)" "" "$work/notify.toml"
+  run_notify "postgres, 1 node, 500/s" --notifications 10000 --rate 500 --users 500
   stop_all
 fi
 if wants pg-1; then
@@ -128,7 +145,12 @@ if wants rules; then
 fi
 if wants reminders; then
   start n1 "$PORT" "$(fresh_pg)" "" "$work/notify.toml"
-  run_notify "postgres, 10,000 reminders due at once" --users 10000 --reminders-due-in 20 --drain-secs 120
+  run_notify "postgres, 10,000 reminders due over 20 s" --users 10000 --reminders-due-in 30 --reminders-spread-secs 20 --drain-secs 60
+  stop_all
+fi
+if wants reminders-burst; then
+  start n1 "$PORT" "$(fresh_pg)" "" "$work/notify.toml"
+  run_notify "postgres, 10,000 reminders due at once" --users 10000 --reminders-due-in 30 --drain-secs 120
   stop_all
 fi
 

@@ -40,6 +40,7 @@ if trig:
 for r in rows:
     if r.get("scenario") == "notify-reminders":
         lat = r["lateness"]
-        print(f"\n## {r['reminders']:,} reminders due at once\n")
+        when = f"due over {r['spread_secs']} s" if r.get("spread_secs") else "due at once"
+        print(f"\n## {r['reminders']:,} reminders {when} (Postgres)\n")
         print(f"Fired late by p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; "
               f"lost {r['lost']}, duplicated {r['duplicated']}, early {r['early']}.")

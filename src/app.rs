@@ -233,7 +233,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }));
     }
     let db_url = config.server.database_url();
-    let store = Store::connect(&db_url).await?;
+    let store = Store::connect_with(&db_url, config.server.sqlite_synchronous).await?;
     store.migrate().await?;
     tracing::info!(store = %store.url(), "store ready");
     load_stored_apps(&store, &apps).await?;

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// How long a connection may take to send a request's head (slow clients are closed).
     pub header_timeout_ms: u64,
+    /// SQLite: whether each commit is synced to the disk (`full`) or only at checkpoints
+    /// (`normal`, the default: safe across a process crash, not a power loss).
+    pub sqlite_synchronous: crate::store::Synchronous,
     /// Request body bytes the node holds at once across all requests (503 beyond).
     pub max_body_bytes_in_flight: usize,
 }
@@ -177,6 +180,7 @@ impl Default for ServerConfig {
             shutdown_batch: 500,
             body_timeout_ms: 5000,
             header_timeout_ms: 10_000,
+            sqlite_synchronous: crate::store::Synchronous::Normal,
             max_body_bytes_in_flight: 32 * 1024 * 1024,
         }
     }
@@ -599,6 +603,19 @@ impl Config {
         }
         if let Some(v) = env_parse(source, "BELLHOP_HEADER_TIMEOUT_MS", NUM)? {
             s.header_timeout_ms = v;
+        }
+        if let Some(v) = source.var("BELLHOP_SQLITE_SYNCHRONOUS") {
+            s.sqlite_synchronous = match v.as_str() {
+                "normal" => crate::store::Synchronous::Normal,
+                "full" => crate::store::Synchronous::Full,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "BELLHOP_SQLITE_SYNCHRONOUS",
+                        value: v,
+                        reason: "expected normal or full",
+                    })
+                }
+            };
         }
         if let Some(v) = env_parse(source, "BELLHOP_MAX_BODY_BYTES_IN_FLIGHT", NUM)? {
             s.max_body_bytes_in_flight = v;

@@ -167,7 +167,7 @@ impl Store {
     /// Callers that enqueue inside their own transaction call it after the commit.
     pub async fn wake_workers(&self) {
         self.enqueued.notify_one();
-        if self.dialect == Dialect::Postgres {
+        if self.dialect == Dialect::Postgres && self.notify_due() {
             // Other nodes' workers wake on this; a missed one is caught by polling.
             let _ = sqlx::query("SELECT pg_notify('bellhop_jobs', '')")
                 .execute(&self.pool)
@@ -175,33 +175,85 @@ impl Store {
         }
     }
 
-    /// Claims up to `limit` due jobs (pending and due, or running with an expired lease) for
-    /// `lease`. On Postgres concurrent claimers skip each other's rows; SQLite has one writer.
+    /// At most one NOTIFY per node every 10 ms: under load a wake-up per enqueue is a query
+    /// per trigger for nothing (the workers are busy anyway), while a lone job still wakes
+    /// every node at once.
+    fn notify_due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let last = self.last_notify.load(Ordering::Relaxed);
+        now - last >= 10
+            && self
+                .last_notify
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Claims up to `limit` due jobs for `lease`: running jobs whose lease ran out (their
+    /// worker died) first, then pending ones in `run_at` order. On Postgres concurrent
+    /// claimers skip each other's rows; SQLite has one writer.
     pub async fn claim(&self, lease: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
         let now = now_ms();
         let token = format!("{:032x}", rand::random::<u128>());
+        let until = now + lease.as_millis() as i64;
+        let mut claimed = self
+            .claim_where(
+                &token,
+                until,
+                now,
+                limit,
+                "state = 'running' AND lease_until < $3",
+                "lease_until",
+            )
+            .await?;
+        if claimed.len() < limit {
+            let more = self
+                .claim_where(
+                    &token,
+                    until,
+                    now,
+                    limit - claimed.len(),
+                    "state = 'pending' AND run_at <= $3",
+                    "run_at",
+                )
+                .await?;
+            claimed.extend(more);
+        }
+        Ok(claimed)
+    }
+
+    /// One claim statement over the rows `filter` picks, oldest `order` first (each filter has
+    /// a partial index in that order).
+    async fn claim_where(
+        &self,
+        token: &str,
+        until: i64,
+        now: i64,
+        limit: usize,
+        filter: &str,
+        order: &str,
+    ) -> Result<Vec<Claimed>, StoreError> {
         // On Postgres the due rows are locked in a materialised step first, so the planner
         // cannot re-run the sub-select and claim more than `limit`; concurrent claimers skip
         // each other's rows. SQLite has a single writer, so a plain sub-select is atomic.
         let sql = match self.dialect {
-            Dialect::Postgres => {
-                "WITH due AS MATERIALIZED (SELECT id FROM jobs WHERE (state = 'pending' AND run_at <= $3) \
-                 OR (state = 'running' AND lease_until < $3) ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+            Dialect::Postgres => format!(
+                "WITH due AS MATERIALIZED (SELECT id FROM jobs WHERE {filter} ORDER BY {order} \
+                 LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  UPDATE jobs SET state = 'running', lease_token = $1, lease_until = $2, \
                  attempts = jobs.attempts + 1, updated_at = $3 FROM due WHERE jobs.id = due.id \
                  RETURNING jobs.id, jobs.kind, jobs.app_id, jobs.payload, jobs.attempts, jobs.expires_at"
-            }
-            Dialect::Sqlite => {
+            ),
+            Dialect::Sqlite => format!(
                 "UPDATE jobs SET state = 'running', lease_token = $1, lease_until = $2, \
                  attempts = attempts + 1, updated_at = $3 \
-                 WHERE id IN (SELECT id FROM jobs WHERE (state = 'pending' AND run_at <= $3) \
-                 OR (state = 'running' AND lease_until < $3) ORDER BY run_at LIMIT $4) \
+                 WHERE id IN (SELECT id FROM jobs WHERE {filter} ORDER BY {order} LIMIT $4) \
                  RETURNING id, kind, app_id, payload, attempts, expires_at"
-            }
+            ),
         };
-        let rows = sqlx::query(sql)
-            .bind(&token)
-            .bind(now + lease.as_millis() as i64)
+        let rows = sqlx::query(&sql)
+            .bind(token)
+            .bind(until)
             .bind(now)
             .bind(limit as i64)
             .fetch_all(&self.pool)
@@ -215,11 +267,19 @@ impl Store {
                     payload: r.try_get("payload")?,
                     attempt: r.try_get::<i64, _>("attempts")? as u32,
                     expires_at: r.try_get("expires_at")?,
-                    token: token.clone(),
+                    token: token.to_owned(),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// When the next pending job falls due (Unix ms), if any is waiting.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
     /// Logs the attempt and moves the job on, if this worker's lease still holds. Returns

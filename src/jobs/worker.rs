@@ -1,6 +1,7 @@
 //! Workers: claim due jobs, run each through the handler for its kind, record the outcome.
 //! They wake as soon as a job is enqueued in this process (or, on Postgres, anywhere, via
-//! LISTEN/NOTIFY) and poll every second as well, so a missed wake-up costs at most a second.
+//! LISTEN/NOTIFY), when the next scheduled job falls due, and every second as well, so a
+//! missed wake-up costs at most a second.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ pub trait Handler: Send + Sync + 'static {
     fn schedule(&self) -> Schedule;
     fn run<'a>(&'a self, job: &'a Claimed) -> BoxFuture<'a, Attempt>;
 }
+
+/// How long a claim waits for more running jobs to finish once one has.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 
 pub struct Workers {
     store: Store,
@@ -65,49 +69,90 @@ impl Workers {
 
     /// Runs until `stop` turns true. Jobs in flight finish; unclaimed ones stay queued for
     /// the next worker.
+    ///
+    /// Claims come in batches: while jobs run, the next claim waits for a quarter of the slots
+    /// to free up (or a few milliseconds after the first one does), so a busy queue costs one
+    /// claim per batch, not one per job or per enqueue.
     pub async fn run(self, pg_url: Option<String>, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         if let (Dialect::Postgres, Some(url)) = (this.store.dialect(), pg_url) {
             tokio::spawn(listen(url, this.store.clone(), stop.clone()));
         }
         let slots = Arc::new(Semaphore::new(this.concurrency));
+        let finished = Arc::new(tokio::sync::Notify::new());
+        let batch = (this.concurrency / 4).max(1);
         loop {
             if *stop.borrow() {
                 break;
             }
+            this.room_for(&slots, &finished, batch, &mut stop).await;
             let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match this.store.claim(this.lease, free).await {
-                    Ok(jobs) => jobs,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming jobs failed; will retry");
-                        Vec::new()
-                    }
+            let claimed = match this.store.claim(this.lease, free).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming jobs failed; will retry");
+                    Vec::new()
                 }
             };
             let got = claimed.len();
             for job in claimed {
                 // unwrap: the semaphore is never closed.
                 let permit = slots.clone().acquire_owned().await.unwrap();
-                let this = this.clone();
+                let (this, finished) = (this.clone(), finished.clone());
                 tokio::spawn(async move {
                     this.run_one(job).await;
                     drop(permit);
+                    finished.notify_one();
                 });
             }
             if got > 0 && got == free {
                 continue;
             }
+            // Nothing more is due: wait for an enqueue (here or, on Postgres, anywhere), the
+            // next job falling due (a reminder, a retry), the poll, or the stop.
+            let idle = this.until_next_due().await;
             tokio::select! {
                 _ = this.store.enqueued.notified() => {}
-                _ = tokio::time::sleep(this.poll) => {}
+                _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => {}
             }
         }
         // Let jobs in flight record their outcome.
         let _ = slots.acquire_many(this.concurrency as u32).await;
+    }
+
+    /// How long to wait for work: until the next pending job falls due, the poll at most (a
+    /// job enqueued by another node without a wake-up is found by then).
+    async fn until_next_due(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(at)) => {
+                // At least a moment: a job due now that this claim did not get is another
+                // node's, or will be claimed on the next turn anyway.
+                let wait = (at - now_ms()).max(10) as u64;
+                Duration::from_millis(wait).min(self.poll)
+            }
+            _ => self.poll,
+        }
+    }
+
+    /// Waits until a claim is worth making: `batch` slots free, or at least one free and a
+    /// moment passed for others to finish too.
+    async fn room_for(
+        &self,
+        slots: &Semaphore,
+        finished: &tokio::sync::Notify,
+        batch: usize,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        while slots.available_permits() == 0 {
+            tokio::select! {
+                _ = finished.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+        if slots.available_permits() < batch {
+            tokio::time::sleep(BATCH_WAIT).await;
+        }
     }
 
     async fn run_one(&self, job: Claimed) {

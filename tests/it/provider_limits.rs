@@ -122,12 +122,14 @@ async fn two_nodes_share_one_sms_budget() {
     assert_eq!(nodes_that_sent(&ds).len(), 2, "both nodes sent: {ds:?}");
     let times: Vec<Instant> = arrivals.lock().unwrap().iter().map(|(t, _)| *t).collect();
     assert_eq!(times.len(), 8);
-    // At most 2 per second across both nodes: any 5 sends span two second boundaries. (Two
-    // budgets of their own would let 4 through each second.)
+    // At most 2 per second across both nodes: any 5 sends span two second boundaries, over a
+    // second apart at the gate. (Two budgets of their own would let 4 through each second.)
+    // They are timed on arrival here, after a loaded machine's scheduling jitter, hence the
+    // margin below a second.
     for w in times.windows(5) {
         let span = w[4] - w[0];
         assert!(
-            span >= Duration::from_millis(900),
+            span >= Duration::from_millis(700),
             "5 sends within {span:?}"
         );
     }

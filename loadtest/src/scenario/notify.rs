@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
 
 use super::Pace;
@@ -43,9 +44,12 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub drain_secs: u64,
     /// Instead of triggers: one reminder per user through `POST /notifications` with
-    /// `send_at` this many seconds ahead, all due at once; measures how late they fire.
+    /// `send_at` this many seconds ahead; measures how late they fire.
     #[arg(long)]
     pub reminders_due_in: Option<u64>,
+    /// Spread the reminders' due times evenly over this many seconds (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    pub reminders_spread_secs: u64,
 }
 
 /// Trigger `n`'s send time (µs) once it was accepted.
@@ -225,26 +229,32 @@ async fn reminders(
     due_in: u64,
     target: &Target,
 ) -> anyhow::Result<Report> {
-    let due_us = measure::now_us() + due_in * 1_000_000;
-    let users: Vec<String> = (0..a.users).map(|u| format!("u{u}")).collect();
+    let first_due = measure::now_us() + due_in * 1_000_000;
+    let spread = a.reminders_spread_secs * 1_000_000;
+    let due_of = |u: u64| first_due + spread * u / a.users.max(1);
     let scheduling = Instant::now();
-    for (i, chunk) in users.chunks(1000).enumerate() {
+    let requests = futures_util::stream::iter(0..a.users).map(|u| {
         let body = json!({
-            "users": chunk, "type": "reminder", "data": {"n": "0"},
-            "send_at": due_us / 1000,
+            "users": [format!("u{u}")], "type": "reminder", "data": {"n": "0"},
+            "send_at": due_of(u) / 1000,
             "channels": [{"channel": "fcm", "title": "Your booking", "body": "starts soon",
                           "data": {"n": "0"}}],
         });
-        api.post_with_key(
-            "notifications",
-            body.to_string(),
-            &format!("load-reminders-{due_us}-{i}"),
-        )
-        .await?;
-    }
+        let key = format!("load-reminder-{first_due}-{u}");
+        async move {
+            api.post_with_key("notifications", body.to_string(), &key)
+                .await
+        }
+    });
+    let failed = requests
+        .buffer_unordered(16)
+        .filter(|r| futures_util::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} reminders were not accepted");
     let scheduled_in = scheduling.elapsed().as_secs_f64();
     let server_before = measure::sample(target.server_pid);
-    let drain = Duration::from_secs(due_in + a.drain_secs);
+    let drain = Duration::from_secs(due_in + a.reminders_spread_secs + a.drain_secs);
     let waited = Instant::now();
     let end = waited + drain;
     loop {
@@ -262,12 +272,14 @@ async fn reminders(
         match seen.by_token.get(&format!("tok-u{u}")) {
             None => lost += 1,
             Some(times) => {
+                let due = due_of(u);
                 duplicated += (times.len() as u64).saturating_sub(1);
-                let first = times.iter().min().copied().unwrap_or(due_us);
-                if first + 1000 < due_us {
+                let first = times.iter().min().copied().unwrap_or(due);
+                // send_at is whole milliseconds; the fake's clock is this process's.
+                if first + 1000 < due {
                     early += 1;
                 }
-                let _ = late.record(first.saturating_sub(due_us).max(1));
+                let _ = late.record(first.saturating_sub(due).max(1));
             }
         }
     }
@@ -276,7 +288,10 @@ async fn reminders(
         scenario: "notify-reminders",
         ok: lost == 0 && duplicated == 0 && early == 0,
         summary: vec![
-            format!("{} reminders scheduled in {scheduled_in:.1}s, all due {due_in}s later", a.users),
+            format!(
+                "{} reminders scheduled in {scheduled_in:.1}s, due from {due_in}s later over {}s",
+                a.users, a.reminders_spread_secs
+            ),
             format!(
                 "fired late by p50 {} ms, p99 {} ms, max {} ms; lost {lost}, duplicated {duplicated}, early {early}",
                 lateness["p50_ms"], lateness["p99_ms"], lateness["max_ms"]
@@ -285,6 +300,7 @@ async fn reminders(
         ],
         json: json!({
             "reminders": a.users,
+            "spread_secs": a.reminders_spread_secs,
             "lost": lost,
             "duplicated": duplicated,
             "early": early,

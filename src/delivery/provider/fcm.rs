@@ -357,14 +357,23 @@ impl crate::delivery::provider::Provider for Fcm {
             };
             let mut sent = done.clone();
             let (mut retry, mut rejected, mut gone) = (None, None, 0);
-            for d in devices.iter().filter(|d| !done.contains(&d.token)) {
+            let todo: Vec<_> = devices
+                .iter()
+                .filter(|d| !done.contains(&d.token))
+                .collect();
+            for (i, d) in todo.iter().enumerate() {
                 match Fcm::send(self, &d.token, &push).await {
                     SendResult::Sent(_) => {
                         sent.push(d.token.clone());
-                        let acked = serde_json::to_string(&sent).unwrap_or_default();
-                        store
-                            .set_delivery_state(row.id, "pending", None, Some(&acked))
-                            .await?;
+                        // Kept at once while other devices remain, so a crash before they are
+                        // done does not push to this one again; after the last one the
+                        // outcome itself is the record.
+                        if i + 1 < todo.len() {
+                            let acked = serde_json::to_string(&sent).unwrap_or_default();
+                            store
+                                .set_delivery_state(row.id, "pending", None, Some(&acked))
+                                .await?;
+                        }
                     }
                     SendResult::TokenGone(reason) => {
                         gone += 1;
@@ -375,6 +384,14 @@ impl crate::delivery::provider::Provider for Fcm {
                     SendResult::Retry { after, reason } => retry = Some((after, reason)),
                     SendResult::Rejected(reason) => rejected = Some(reason),
                 }
+            }
+            // Devices reached but not yet kept (the last ones) must be kept before a retry
+            // comes back for the others.
+            if retry.is_some() && sent.len() > done.len() {
+                let kept = serde_json::to_string(&sent).unwrap_or_default();
+                store
+                    .set_delivery_state(row.id, "pending", None, Some(&kept))
+                    .await?;
             }
             Ok(match (retry, rejected) {
                 (Some((after, reason)), _) => Outcome::Retry { after, reason },

@@ -260,14 +260,21 @@ impl Provider for WebPush {
             let body = payload(m);
             let mut sent = done.clone();
             let (mut retry, mut failed, mut gone) = (None, None, 0);
-            for s in subscriptions.iter().filter(|s| !done.contains(&s.token)) {
+            let todo: Vec<_> = subscriptions
+                .iter()
+                .filter(|s| !done.contains(&s.token))
+                .collect();
+            for (i, s) in todo.iter().enumerate() {
                 match self.push(s, &body).await {
                     Delivered::Sent => {
                         sent.push(s.token.clone());
-                        let reached = serde_json::to_string(&sent).unwrap_or_default();
-                        store
-                            .set_delivery_state(row.id, "pending", None, Some(&reached))
-                            .await?;
+                        // As FCM: kept while others remain; the outcome records the last one.
+                        if i + 1 < todo.len() {
+                            let reached = serde_json::to_string(&sent).unwrap_or_default();
+                            store
+                                .set_delivery_state(row.id, "pending", None, Some(&reached))
+                                .await?;
+                        }
                     }
                     Delivered::Gone(reason) => {
                         gone += 1;
@@ -278,6 +285,14 @@ impl Provider for WebPush {
                     Delivered::Retry { after, reason } => retry = Some((after, reason)),
                     Delivered::Failed(reason) => failed = Some(reason),
                 }
+            }
+            // Devices reached but not yet kept (the last ones) must be kept before a retry
+            // comes back for the others.
+            if retry.is_some() && sent.len() > done.len() {
+                let kept = serde_json::to_string(&sent).unwrap_or_default();
+                store
+                    .set_delivery_state(row.id, "pending", None, Some(&kept))
+                    .await?;
             }
             Ok(match (retry, failed) {
                 (Some((after, reason)), _) => Outcome::Retry { after, reason },
