@@ -98,6 +98,21 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Read from and written as the plain string (config files, stored settings); what hides it
+/// is `Debug`, and the admin API leaving credential fields out of its answers.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Secret::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A connection's id in Pusher's `"<n>.<n>"` form.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId {

@@ -19,7 +19,7 @@ pub const KIND: &str = "event_webhook";
 const EXPIRY_MS: i64 = 24 * 3600 * 1000;
 
 /// `[[apps.event_webhooks]]`.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     pub url: String,
@@ -28,17 +28,7 @@ pub struct Subscription {
     pub events: Vec<String>,
     /// `whsec_` + base64, as Standard Webhooks libraries expect. Kept in the store with the
     /// app; Debug and the admin API's answers leave it out.
-    #[serde(default)]
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("url", &self.url)
-            .field("events", &self.events)
-            .finish_non_exhaustive()
-    }
+    pub secret: bellhop_protocol::Secret,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +46,7 @@ impl Subscription {
         if !ok {
             return Err(SubscriptionError::Url(self.url.clone()));
         }
-        if standard_webhook_key(&self.secret).is_none() {
+        if standard_webhook_key(self.secret.expose()).is_none() {
             return Err(SubscriptionError::Secret(self.url.clone()));
         }
         Ok(())
@@ -145,7 +135,8 @@ mod tests {
         Subscription {
             url: "http://127.0.0.1:9/hook".into(),
             events: events.iter().map(|s| s.to_string()).collect(),
-            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            secret: bellhop_protocol::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .unwrap(),
         }
     }
 
@@ -163,7 +154,7 @@ mod tests {
     fn subscriptions_are_validated() {
         assert!(sub(&[]).validate().is_ok());
         let mut s = sub(&[]);
-        s.secret = "plain".into();
+        s.secret = bellhop_protocol::Secret::parse("plain").unwrap();
         assert!(s.validate().is_err());
         s = sub(&[]);
         s.url = "ftp://x".into();

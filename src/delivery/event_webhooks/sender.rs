@@ -43,7 +43,7 @@ impl EventWebhookSender {
             .event_webhooks
             .iter()
             .find(|s| s.url == p.url)
-            .and_then(|s| standard_webhook_key(&s.secret))
+            .and_then(|s| standard_webhook_key(s.secret.expose()))
         else {
             return permanent(format!("subscription {} is no longer configured", p.url));
         };

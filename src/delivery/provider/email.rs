@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bellhop_protocol::Secret;
 use futures_util::future::BoxFuture;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -30,7 +31,7 @@ pub enum Security {
 }
 
 /// `[apps.email]` in the config file.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     pub host: String,
@@ -42,7 +43,7 @@ pub struct EmailConfig {
     pub username: Option<String>,
     /// Kept in the store with the app; Debug and the admin API's answers leave it out.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `Name <address>` the mail comes from.
     pub from: String,
     #[serde(default = "d_timeout")]
@@ -54,18 +55,6 @@ pub struct EmailConfig {
 
 fn d_timeout() -> u64 {
     30
-}
-
-impl std::fmt::Debug for EmailConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("security", &self.security)
-            .field("username", &self.username)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +135,7 @@ impl Mailer {
             .tls(tls)
             .timeout(Some(timeout));
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
-            b = b.credentials(Credentials::new(u.clone(), p.clone()));
+            b = b.credentials(Credentials::new(u.clone(), p.expose().to_owned()));
         }
         Ok(Self {
             transport: b.build(),

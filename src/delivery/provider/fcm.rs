@@ -14,22 +14,13 @@ const DEFAULT_BASE: &str = "https://fcm.googleapis.com";
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The fields of a Google service-account key file that FCM needs.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct ServiceAccount {
     pub project_id: String,
     pub client_email: String,
     pub private_key_id: String,
-    pub private_key: String,
+    pub private_key: bellhop_protocol::Secret,
     pub token_uri: String,
-}
-
-impl std::fmt::Debug for ServiceAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccount")
-            .field("project_id", &self.project_id)
-            .field("client_email", &self.client_email)
-            .finish_non_exhaustive()
-    }
 }
 
 /// `[apps.fcm]` in the config file.
@@ -54,7 +45,7 @@ impl FcmConfig {
             .map_err(|e| read_err(e.to_string()))?;
         let account: ServiceAccount =
             serde_json::from_str(&text).map_err(|e| read_err(e.to_string()))?;
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(account.private_key.as_bytes())
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(account.private_key.expose().as_bytes())
             .map_err(|_| FcmSetupError::Key)?;
         Ok((account, key))
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use bellhop_protocol::Secret;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,12 +24,12 @@ use crate::delivery::records::{Device, WEB_PUSH};
 use crate::store::StoreError;
 
 /// `[apps.web_push]` in the config file.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebPushConfig {
     /// The VAPID private key: the P-256 scalar, base64url without padding (what
     /// `web-push generate-vapid-keys` prints as the private key).
-    pub vapid_private_key: String,
+    pub vapid_private_key: Secret,
     /// Who runs this sender, for the push service: `mailto:` or `https:`.
     pub subject: String,
     /// How long a push service keeps a message for a browser that is offline.
@@ -46,14 +47,6 @@ fn d_timeout() -> u64 {
     15
 }
 
-impl std::fmt::Debug for WebPushConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebPushConfig")
-            .field("subject", &self.subject)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WebPushSetupError {
     #[error("web_push: vapid_private_key must be a P-256 private key, base64url (32 bytes)")]
@@ -65,7 +58,7 @@ pub enum WebPushSetupError {
 impl WebPushConfig {
     fn key_pair(&self) -> Result<ES256KeyPair, WebPushSetupError> {
         let raw = URL_SAFE_NO_PAD
-            .decode(self.vapid_private_key.trim().trim_end_matches('='))
+            .decode(self.vapid_private_key.expose().trim().trim_end_matches('='))
             .map_err(|_| WebPushSetupError::Key)?;
         ES256KeyPair::from_bytes(&raw).map_err(|_| WebPushSetupError::Key)
     }
@@ -315,7 +308,7 @@ mod tests {
     fn config() -> WebPushConfig {
         let key = ES256KeyPair::generate();
         WebPushConfig {
-            vapid_private_key: URL_SAFE_NO_PAD.encode(key.to_bytes()),
+            vapid_private_key: Secret::parse(&URL_SAFE_NO_PAD.encode(key.to_bytes())).unwrap(),
             subject: "mailto:ops@hotel.example".into(),
             ttl_secs: 60,
             timeout_secs: 5,
@@ -326,7 +319,7 @@ mod tests {
     fn keys_and_subjects_are_checked() {
         assert!(config().validate().is_ok());
         let mut c = config();
-        c.vapid_private_key = "not-a-key".into();
+        c.vapid_private_key = Secret::parse("not-a-key").unwrap();
         assert_eq!(c.validate(), Err(WebPushSetupError::Key));
         let mut c = config();
         c.subject = "ops@hotel.example".into();

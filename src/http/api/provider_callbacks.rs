@@ -58,13 +58,19 @@ pub async fn twilio(
     // proxy); either Twilio account of the app may have sent it.
     let accounts: Vec<(&str, &str)> = [
         app.config.sms.as_ref().and_then(|s: &sms::SmsConfig| {
-            Some((s.auth_token.as_deref()?, s.status_callback_url.as_deref()?))
+            Some((
+                s.auth_token.as_ref()?.expose(),
+                s.status_callback_url.as_deref()?,
+            ))
         }),
         app.config
             .whatsapp
             .as_ref()
             .and_then(|w: &whatsapp::WhatsappConfig| {
-                Some((w.auth_token.as_deref()?, w.status_callback_url.as_deref()?))
+                Some((
+                    w.auth_token.as_ref()?.expose(),
+                    w.status_callback_url.as_deref()?,
+                ))
             }),
     ]
     .into_iter()
@@ -108,7 +114,7 @@ pub async fn meta_verify(
         .config
         .whatsapp
         .as_ref()
-        .and_then(|w| w.verify_token.as_deref());
+        .and_then(|w| w.verify_token.as_ref().map(|t| t.expose()));
     match (
         get("hub.mode"),
         get("hub.verify_token"),
@@ -139,7 +145,7 @@ pub async fn meta(
         .config
         .whatsapp
         .as_ref()
-        .and_then(|w| w.app_secret.as_deref())
+        .and_then(|w| w.app_secret.as_ref().map(|s| s.expose()))
         .ok_or(ApiError::Forbidden("this app has no Meta app_secret"))?;
     if !verify_hub_signature(secret, &body, header(&req, "x-hub-signature-256")) {
         return Err(ApiError::Unauthorized("bad X-Hub-Signature-256".into()));

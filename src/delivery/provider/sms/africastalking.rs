@@ -27,7 +27,7 @@ pub(super) async fn send(http: &reqwest::Client, c: &SmsConfig, to: &str, body: 
     }
     let req = http
         .post(format!("{base}/version1/messaging"))
-        .header("apiKey", c.api_key.as_deref().unwrap_or(""))
+        .header("apiKey", c.api_key.as_ref().map_or("", |k| k.expose()))
         .header("Accept", "application/json")
         .form(&form);
     match crate::outbound::exchange(req).await {

@@ -6,6 +6,7 @@
 pub mod africastalking;
 pub mod twilio;
 
+use bellhop_protocol::Secret;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ pub enum Gateway {
 }
 
 /// `[apps.sms]` in the config file.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
     pub provider: Gateway,
@@ -32,14 +33,14 @@ pub struct SmsConfig {
     #[serde(default)]
     pub account_sid: Option<String>,
     #[serde(default)]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
     /// Africa's Talking: the app username and API key; `sandbox` picks the sandbox URL.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     #[serde(default)]
     pub sandbox: bool,
     /// The sender: a number, a short code or an alphanumeric sender id.
@@ -62,18 +63,6 @@ pub struct SmsConfig {
 
 fn d_timeout() -> u64 {
     15
-}
-
-impl std::fmt::Debug for SmsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmsConfig")
-            .field("provider", &self.provider)
-            .field("default_region", &self.default_region)
-            .field("account_sid", &self.account_sid)
-            .field("username", &self.username)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,7 +108,12 @@ impl SmsConfig {
         match self.provider {
             Gateway::Twilio => {
                 need(&self.account_sid, "twilio", "account_sid")?;
-                need(&self.auth_token, "twilio", "auth_token")?;
+                if self.auth_token.is_none() {
+                    return Err(SmsSetupError::Missing {
+                        provider: "twilio",
+                        missing: "auth_token",
+                    });
+                }
                 let sid = self.account_sid.as_deref().unwrap_or("");
                 let hex = sid.strip_prefix("AC").unwrap_or("");
                 if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -134,7 +128,12 @@ impl SmsConfig {
             }
             Gateway::Africastalking => {
                 need(&self.username, "africastalking", "username")?;
-                need(&self.api_key, "africastalking", "api_key")?;
+                if self.api_key.is_none() {
+                    return Err(SmsSetupError::Missing {
+                        provider: "africastalking",
+                        missing: "api_key",
+                    });
+                }
             }
         }
         Ok(())
@@ -142,15 +141,10 @@ impl SmsConfig {
 }
 
 /// The SMS provider of one app.
+#[derive(Debug)]
 pub struct Sms {
     config: SmsConfig,
     http: reqwest::Client,
-}
-
-impl std::fmt::Debug for Sms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sms").field("config", &self.config).finish()
-    }
 }
 
 impl Sms {
@@ -258,7 +252,7 @@ mod tests {
             provider: Gateway::Twilio,
             default_region: Some("KE".into()),
             account_sid: Some(format!("AC{}", "a".repeat(32))),
-            auth_token: Some("t".into()),
+            auth_token: Some(Secret::parse("t").unwrap()),
             messaging_service_sid: None,
             username: None,
             api_key: None,

@@ -49,7 +49,7 @@ pub(super) async fn send(http: &reqwest::Client, c: &SmsConfig, to: &str, body: 
         form.push(("StatusCallback", cb));
     }
     let sid = c.account_sid.as_deref().unwrap_or("");
-    let token = c.auth_token.as_deref().unwrap_or("");
+    let token = c.auth_token.as_ref().map_or("", |t| t.expose());
     post(http, c.base_url.as_deref(), sid, token, &form).await
 }
 

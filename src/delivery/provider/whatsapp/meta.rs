@@ -50,7 +50,7 @@ pub(super) async fn send(
     );
     let req = http
         .post(url)
-        .bearer_auth(c.access_token.as_deref().unwrap_or(""))
+        .bearer_auth(c.access_token.as_ref().map_or("", |t| t.expose()))
         .json(&body(to, content));
     match crate::outbound::exchange(req).await {
         Ok(a) => classify(a.status, &a.headers, &a.body),

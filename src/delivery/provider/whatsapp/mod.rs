@@ -6,6 +6,7 @@
 pub mod meta;
 pub mod twilio;
 
+use bellhop_protocol::Secret;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,7 @@ pub enum Gateway {
 }
 
 /// `[apps.whatsapp]` in the config file.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhatsappConfig {
     pub provider: Gateway,
@@ -31,14 +32,14 @@ pub struct WhatsappConfig {
     #[serde(default)]
     pub phone_number_id: Option<String>,
     #[serde(default)]
-    pub access_token: Option<String>,
+    pub access_token: Option<Secret>,
     #[serde(default = "d_version")]
     pub api_version: String,
     /// Twilio: account SID, auth token and the WhatsApp sender (`+14155238886`).
     #[serde(default)]
     pub account_sid: Option<String>,
     #[serde(default)]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
     #[serde(default)]
     pub from: Option<String>,
     #[serde(default)]
@@ -48,9 +49,9 @@ pub struct WhatsappConfig {
     /// Meta: the app secret that signs status webhooks (`X-Hub-Signature-256`) and the token
     /// its subscription check must echo.
     #[serde(default)]
-    pub app_secret: Option<String>,
+    pub app_secret: Option<Secret>,
     #[serde(default)]
-    pub verify_token: Option<String>,
+    pub verify_token: Option<Secret>,
     /// Twilio: the public URL of `/callbacks/{app_id}/twilio` for status reports.
     #[serde(default)]
     pub status_callback_url: Option<String>,
@@ -66,17 +67,6 @@ fn d_version() -> String {
 
 fn d_timeout() -> u64 {
     15
-}
-
-impl std::fmt::Debug for WhatsappConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WhatsappConfig")
-            .field("provider", &self.provider)
-            .field("phone_number_id", &self.phone_number_id)
-            .field("account_sid", &self.account_sid)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -131,11 +121,22 @@ impl WhatsappConfig {
         match self.provider {
             Gateway::Meta => {
                 need(&self.phone_number_id, "meta", "phone_number_id")?;
-                need(&self.access_token, "meta", "access_token")
+                if self.access_token.is_none() {
+                    return Err(WhatsappSetupError::Missing {
+                        provider: "meta",
+                        missing: "access_token",
+                    });
+                }
+                Ok(())
             }
             Gateway::Twilio => {
                 need(&self.account_sid, "twilio", "account_sid")?;
-                need(&self.auth_token, "twilio", "auth_token")?;
+                if self.auth_token.is_none() {
+                    return Err(WhatsappSetupError::Missing {
+                        provider: "twilio",
+                        missing: "auth_token",
+                    });
+                }
                 need(&self.from, "twilio", "from")
             }
         }
@@ -143,17 +144,10 @@ impl WhatsappConfig {
 }
 
 /// The WhatsApp provider of one app.
+#[derive(Debug)]
 pub struct Whatsapp {
     config: WhatsappConfig,
     http: reqwest::Client,
-}
-
-impl std::fmt::Debug for Whatsapp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Whatsapp")
-            .field("config", &self.config)
-            .finish()
-    }
 }
 
 impl Whatsapp {

@@ -48,7 +48,7 @@ pub(super) async fn send(
     let form = form(c, to, content);
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let sid = c.account_sid.as_deref().unwrap_or("");
-    let token = c.auth_token.as_deref().unwrap_or("");
+    let token = c.auth_token.as_ref().map_or("", |t| t.expose());
     match api::post(http, c.base_url.as_deref(), sid, token, &form).await {
         Outcome::Permanent(reason) if reason.contains(&format!("Twilio {WINDOW_CLOSED}:")) => {
             window_closed(&reason)

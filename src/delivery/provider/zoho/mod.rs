@@ -14,6 +14,7 @@ mod token;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bellhop_protocol::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -26,12 +27,12 @@ use crate::store::Store;
 const ACCOUNTS: &str = "https://accounts.zoho.com";
 
 /// `[apps.zoho]` in the config file.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZohoConfig {
     pub client_id: String,
-    pub client_secret: String,
-    pub refresh_token: String,
+    pub client_secret: Secret,
+    pub refresh_token: Secret,
     /// The data centre's accounts server (`https://accounts.zoho.eu`, `.in`, `.com.au`, …).
     #[serde(default)]
     pub accounts_url: Option<String>,
@@ -73,27 +74,14 @@ fn d_timeout() -> u64 {
     20
 }
 
-impl std::fmt::Debug for ZohoConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZohoConfig")
-            .field("client_id", &self.client_id)
-            .field("accounts_url", &self.accounts_url)
-            .field("invoices", &self.invoices)
-            .finish_non_exhaustive()
-    }
-}
-
 impl ZohoConfig {
     /// Shape checks made at load, without calling Zoho.
     pub fn validate(&self) -> Result<(), String> {
         if !self.client_id.starts_with("1000.") {
             return Err("zoho.client_id must look like 1000.XXXXXXXX".into());
         }
-        if !self.refresh_token.starts_with("1000.") {
+        if !self.refresh_token.expose().starts_with("1000.") {
             return Err("zoho.refresh_token must look like 1000.xxxx.yyyy".into());
-        }
-        if self.client_secret.is_empty() {
-            return Err("zoho.client_secret is empty".into());
         }
         if let Some(i) = &self.invoices {
             if i.organization_id.is_empty()

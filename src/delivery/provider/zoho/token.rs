@@ -23,9 +23,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 pub(super) struct TokenCache {
     app: String,
-    refresh_token: String,
+    refresh_token: bellhop_protocol::Secret,
     client_id: String,
-    client_secret: String,
+    client_secret: bellhop_protocol::Secret,
     token_url: String,
     local: Mutex<Option<SharedToken>>,
 }
@@ -120,9 +120,9 @@ impl TokenCache {
         let resp = http
             .post(&self.token_url)
             .form(&[
-                ("refresh_token", self.refresh_token.as_str()),
+                ("refresh_token", self.refresh_token.expose()),
                 ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.as_str()),
+                ("client_secret", self.client_secret.expose()),
                 ("grant_type", "refresh_token"),
             ])
             .send()
