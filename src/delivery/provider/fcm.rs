@@ -302,9 +302,7 @@ impl Fcm {
     }
 }
 
-/// A push goes to each of the user's active devices once: the devices reached are kept on
-/// the delivery at once (a job run again after a crash or an expired lease skips them), a
-/// device whose token is gone is deactivated, and the push counts as sent if any device got it.
+/// A push goes to each of the user's active devices once (`devices::push_to_each`).
 impl crate::delivery::provider::Provider for Fcm {
     fn name(&self) -> &'static str {
         "fcm"
@@ -318,27 +316,8 @@ impl crate::delivery::provider::Provider for Fcm {
         'a,
         Result<crate::delivery::provider::Outcome, crate::store::StoreError>,
     > {
-        use crate::delivery::provider::Outcome;
+        use super::devices::{push_to_each, DeviceAnswer};
         Box::pin(async move {
-            let Some(user) = m.user() else {
-                return Ok(Outcome::RecipientGone("push needs a user id".into()));
-            };
-            let row = m.row;
-            let store = services.store;
-            let devices: Vec<_> = store
-                .devices(&row.app_id, user)
-                .await?
-                .into_iter()
-                .filter(|d| d.active && d.platform != crate::delivery::records::WEB_PUSH)
-                .collect();
-            if devices.is_empty() {
-                return Ok(Outcome::RecipientGone("no device".into()));
-            }
-            let done: Vec<String> = row
-                .provider_id
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok())
-                .unwrap_or_default();
             let push = Push {
                 title: m.rendered.title.clone(),
                 body: m.rendered.body.clone(),
@@ -346,56 +325,26 @@ impl crate::delivery::provider::Provider for Fcm {
                 click_action: m.spec.click_action.clone(),
                 collapse_key: m.spec.collapse_key.clone(),
             };
-            let mut sent = done.clone();
-            let (mut retry, mut rejected, mut gone) = (None, None, 0);
-            let todo: Vec<_> = devices
-                .iter()
-                .filter(|d| !done.contains(&d.token))
-                .collect();
-            for (i, d) in todo.iter().enumerate() {
-                match Fcm::send(self, &d.token, &push).await {
-                    SendResult::Sent(_) => {
-                        sent.push(d.token.clone());
-                        // Kept at once while other devices remain, so a crash before they are
-                        // done does not push to this one again; after the last one the
-                        // outcome itself is the record.
-                        if i + 1 < todo.len() {
-                            let acked = serde_json::to_string(&sent).unwrap_or_default();
-                            store
-                                .set_delivery_state(row.id, "pending", None, Some(&acked))
-                                .await?;
-                        }
-                    }
-                    SendResult::TokenGone(reason) => {
-                        gone += 1;
-                        store
-                            .deactivate_device(&row.app_id, &d.token, &reason)
-                            .await?;
-                    }
-                    SendResult::Retry { after, reason } => retry = Some((after, reason)),
-                    SendResult::Rejected(reason) => rejected = Some(reason),
+            let push = &push;
+            push_to_each(m, services, &PHONES, move |d| async move {
+                match Fcm::send(self, &d.token, push).await {
+                    SendResult::Sent(_) => DeviceAnswer::Sent,
+                    SendResult::TokenGone(reason) => DeviceAnswer::Gone(reason),
+                    SendResult::Retry { after, reason } => DeviceAnswer::Retry { after, reason },
+                    SendResult::Rejected(reason) => DeviceAnswer::Failed(reason),
                 }
-            }
-            // Devices reached but not yet kept (the last ones) must be kept before a retry
-            // comes back for the others.
-            if retry.is_some() && sent.len() > done.len() {
-                let kept = serde_json::to_string(&sent).unwrap_or_default();
-                store
-                    .set_delivery_state(row.id, "pending", None, Some(&kept))
-                    .await?;
-            }
-            Ok(match (retry, rejected) {
-                (Some((after, reason)), _) => Outcome::Retry { after, reason },
-                (None, Some(reason)) if sent.is_empty() => Outcome::Permanent(reason),
-                _ if !sent.is_empty() => Outcome::Sent {
-                    detail: format!("pushed to {} device(s)", sent.len()),
-                    provider_id: None,
-                },
-                _ => Outcome::RecipientGone(format!("every device token is gone ({gone})")),
             })
+            .await
         })
     }
 }
+
+const PHONES: super::devices::Fleet = super::devices::Fleet {
+    serves: |d| d.platform != crate::delivery::records::WEB_PUSH,
+    noun: "device",
+    none: "no device",
+    all_gone: "every device token is gone",
+};
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! provider id is kept before the state moves on, a rate gate and a `Retry-After` pause shared
 //! by the cluster — is decided once, above the trait (`delivery::send`).
 
+mod devices;
 pub mod email;
 pub mod fcm;
 pub mod in_app;

@@ -19,6 +19,7 @@ use web_push_native::jwt_simple::algorithms::{
 use web_push_native::jwt_simple::claims::Claims;
 use web_push_native::{p256, Auth, WebPushBuilder};
 
+use super::devices::{push_to_each, DeviceAnswer as Delivered, Fleet};
 use super::{Message, Outcome, Provider, Services};
 use crate::delivery::records::{Device, WEB_PUSH};
 use crate::store::StoreError;
@@ -180,18 +181,6 @@ impl WebPush {
     }
 }
 
-/// What one push to one subscription came to.
-#[derive(Debug, Clone, PartialEq)]
-enum Delivered {
-    Sent,
-    Gone(String),
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-    },
-    Failed(String),
-}
-
 /// A push service's answer (RFC 8030 §5, §8.3): 201 accepted; 404/410 the subscription is
 /// gone; 429 and 5xx retry; 413 (too large), 400/401/403 (a bad VAPID signature) are permanent.
 fn classify(status: u16, headers: &reqwest::header::HeaderMap, body: &str) -> Delivered {
@@ -231,74 +220,22 @@ impl Provider for WebPush {
         services: &'a Services<'a>,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(async move {
-            let Some(user) = m.user() else {
-                return Ok(Outcome::RecipientGone("web push needs a user id".into()));
-            };
-            let row = m.row;
-            let store = services.store;
-            let subscriptions: Vec<Device> = store
-                .devices(&row.app_id, user)
-                .await?
-                .into_iter()
-                .filter(|d| d.active && d.platform == WEB_PUSH)
-                .collect();
-            if subscriptions.is_empty() {
-                return Ok(Outcome::RecipientGone("no web push subscription".into()));
-            }
-            let done: Vec<String> = row
-                .provider_id
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok())
-                .unwrap_or_default();
             let body = payload(m);
-            let mut sent = done.clone();
-            let (mut retry, mut failed, mut gone) = (None, None, 0);
-            let todo: Vec<_> = subscriptions
-                .iter()
-                .filter(|s| !done.contains(&s.token))
-                .collect();
-            for (i, s) in todo.iter().enumerate() {
-                match self.push(s, &body).await {
-                    Delivered::Sent => {
-                        sent.push(s.token.clone());
-                        // As FCM: kept while others remain; the outcome records the last one.
-                        if i + 1 < todo.len() {
-                            let reached = serde_json::to_string(&sent).unwrap_or_default();
-                            store
-                                .set_delivery_state(row.id, "pending", None, Some(&reached))
-                                .await?;
-                        }
-                    }
-                    Delivered::Gone(reason) => {
-                        gone += 1;
-                        store
-                            .deactivate_device(&row.app_id, &s.token, &reason)
-                            .await?;
-                    }
-                    Delivered::Retry { after, reason } => retry = Some((after, reason)),
-                    Delivered::Failed(reason) => failed = Some(reason),
-                }
-            }
-            // Devices reached but not yet kept (the last ones) must be kept before a retry
-            // comes back for the others.
-            if retry.is_some() && sent.len() > done.len() {
-                let kept = serde_json::to_string(&sent).unwrap_or_default();
-                store
-                    .set_delivery_state(row.id, "pending", None, Some(&kept))
-                    .await?;
-            }
-            Ok(match (retry, failed) {
-                (Some((after, reason)), _) => Outcome::Retry { after, reason },
-                (None, Some(reason)) if sent.is_empty() => Outcome::Permanent(reason),
-                _ if !sent.is_empty() => Outcome::Sent {
-                    detail: format!("pushed to {} browser(s)", sent.len()),
-                    provider_id: None,
-                },
-                _ => Outcome::RecipientGone(format!("every subscription is gone ({gone})")),
+            let body = &body;
+            push_to_each(m, services, &BROWSERS, move |s| async move {
+                self.push(&s, body).await
             })
+            .await
         })
     }
 }
+
+const BROWSERS: Fleet = Fleet {
+    serves: |d| d.platform == WEB_PUSH,
+    noun: "browser",
+    none: "no web push subscription",
+    all_gone: "every subscription is gone",
+};
 
 #[cfg(test)]
 mod tests {
